@@ -1,0 +1,250 @@
+"""Outer-loop optimizers of the MAML meta-objective, behind one interface.
+
+Each optimizer owns the policy's parameters the way a ``torch.optim`` optimizer does: ``step``
+takes a :class:`MetaBatch` (the pre-adaptation episodes of every inner step, and the
+post-adaptation episodes sampled with the adapted parameters), updates the parameters in
+place, and returns a dict of metrics. The loss maths are the pure functions above them.
+
+* :class:`TRPO` -- Finn et al. 2017, sec. 5.3 (MAML with TRPO as the meta-optimizer): a trust
+  region step on the post-adaptation surrogate, with the mean KL between the old and new
+  *adapted* policies as constraint (Schulman et al. 2015, eq. 14), the natural gradient from
+  conjugate gradient on Hessian-vector products through the adaptation, and a backtracking
+  line search.
+* :class:`PPO` -- the clipped surrogate (Schulman et al. 2017, eq. 7) on post-adaptation
+  episodes over several epochs, as in ProMP (Rothfuss et al. 2019, eq. 13), with its KL
+  penalty ``eta * KL(pi_theta_old || pi_theta)`` on the pre-adaptation states.
+* :class:`AdamOuter` -- Adam on the post-adaptation policy-gradient loss (the tutorial's form,
+  with the outer loss evaluated at the *adapted* parameters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from agents.policies import DistParams, Params, batched_dist_params, dist_params
+from meta.cg import conjugate_gradient
+from meta.episodes import Episodes
+from meta.maml import InnerLoop, adapt, detached, reinforce_loss
+from meta.returns import weighted_mean
+
+
+@dataclass(frozen=True)
+class MetaBatch:
+    """Episodes of one meta-iteration (all with advantages).
+
+    Attributes:
+        train: one batch per inner step; ``train[k]`` was sampled with the parameters after
+            ``k`` inner steps.
+        valid: post-adaptation episodes, sampled with the fully adapted parameters.
+    """
+
+    train: Sequence[Episodes]
+    valid: Episodes
+
+
+# --- pure pieces --------------------------------------------------------------------------------
+def adapted_dist(policy: nn.Module, params: Mapping[str, Tensor], batch: MetaBatch,
+                 inner: InnerLoop, create_graph: bool) -> DistParams:
+    """The adapted policies' distributions on the post-adaptation states, ``[N, T, E, ...]``."""
+    adapted = adapt(policy, params, batch.train, inner, create_graph=create_graph)
+    return batched_dist_params(policy, adapted, batch.valid.observations)
+
+
+def importance_ratio(policy: nn.Module, new: DistParams, old: DistParams, actions: Tensor) -> Tensor:
+    """``pi_new(a|s) / pi_old(a|s)``, ``[N, T, E]``."""
+    return torch.exp(policy.log_prob(new, actions) - policy.log_prob(old, actions))
+
+
+def surrogate_loss(policy: nn.Module, new: DistParams, old: DistParams, valid: Episodes) -> Tensor:
+    """TRPO surrogate ``-E[ratio * A]`` per task (Schulman et al. 2015, eq. 14): ``[N]``."""
+    ratio = importance_ratio(policy, new, old, valid.actions)
+    return -weighted_mean(ratio * valid.advantages, valid.mask)
+
+
+def clipped_surrogate_loss(policy: nn.Module, new: DistParams, old: DistParams, valid: Episodes,
+                           clip_eps: float) -> Tensor:
+    """PPO clipped surrogate ``-E[min(r A, clip(r, 1-eps, 1+eps) A)]`` (Schulman 2017, eq. 7): ``[N]``."""
+    ratio = importance_ratio(policy, new, old, valid.actions)
+    adv = valid.advantages
+    objective = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    return -weighted_mean(objective, valid.mask)
+
+
+def mean_kl(policy: nn.Module, old: DistParams, new: DistParams, episodes: Episodes) -> Tensor:
+    """``E_s[KL(pi_old(.|s) || pi_new(.|s))]`` over valid steps, per task: ``[N]``."""
+    return weighted_mean(policy.kl(old, new), episodes.mask)
+
+
+def flat(tensors: Sequence[Tensor]) -> Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unflat(vector: Tensor, like: Mapping[str, Tensor]) -> Params:
+    out, i = {}, 0
+    for k, v in like.items():
+        out[k] = vector[i : i + v.numel()].view_as(v)
+        i += v.numel()
+    return out
+
+
+def _finite(*xs: Tensor) -> bool:
+    return all(bool(torch.isfinite(x).all()) for x in xs)
+
+
+def _detach_dist(dist: DistParams) -> DistParams:
+    return tuple(d.detach() for d in dist)
+
+
+# --- optimizers ---------------------------------------------------------------------------------
+class OuterOptimizer:
+    """Common plumbing: the policy, its parameters and the inner loop."""
+
+    def __init__(self, policy: nn.Module, inner: InnerLoop):
+        self.policy = policy
+        self.inner = inner
+        self.params: Params = dict(policy.named_parameters())
+
+    def step(self, batch: MetaBatch) -> dict[str, float]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def _write(self, new: Mapping[str, Tensor]) -> None:
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.copy_(new[k])
+
+
+class TRPO(OuterOptimizer):
+    """MAML-TRPO (see the module docstring); defaults are the paper's."""
+
+    def __init__(self, policy: nn.Module, inner: InnerLoop, max_kl: float = 0.01,
+                 cg_iters: int = 10, cg_damping: float = 1e-5, ls_max_steps: int = 15,
+                 ls_backtrack_ratio: float = 0.8):
+        super().__init__(policy, inner)
+        self.max_kl, self.cg_iters, self.cg_damping = max_kl, cg_iters, cg_damping
+        self.ls_max_steps, self.ls_backtrack_ratio = ls_max_steps, ls_backtrack_ratio
+
+    def step(self, batch: MetaBatch) -> dict[str, float]:
+        params = self.params
+        new = adapted_dist(self.policy, params, batch, self.inner, create_graph=True)
+        old = _detach_dist(new)
+        loss = surrogate_loss(self.policy, new, old, batch.valid).mean()
+        kl = mean_kl(self.policy, old, new, batch.valid).mean()
+        g = flat(torch.autograd.grad(loss, list(params.values()), retain_graph=True))
+        grad_kl = flat(torch.autograd.grad(kl, list(params.values()), create_graph=True))
+
+        def fisher_vector_product(v: Tensor) -> Tensor:
+            hv = torch.autograd.grad(grad_kl @ v, list(params.values()), retain_graph=True)
+            return flat(hv) + self.cg_damping * v
+
+        step_dir = conjugate_gradient(fisher_vector_product, g, self.cg_iters)
+        shs = 0.5 * (step_dir @ fisher_vector_product(step_dir))
+        metrics = {"loss_before": loss.item(), "grad_norm": g.norm().item()}
+        if not _finite(g, step_dir, shs) or shs <= 0:
+            return {**metrics, "loss_after": loss.item(), "kl": 0.0, "ls_steps": 0.0,
+                    "accepted": 0.0}
+        full_step = step_dir / torch.sqrt(shs / self.max_kl)
+        theta = flat([p.detach() for p in params.values()])
+        for k in range(self.ls_max_steps):
+            candidate = unflat(theta - self.ls_backtrack_ratio**k * full_step, params)
+            new_dist = adapted_dist(self.policy, candidate, batch, self.inner, create_graph=False)
+            new_loss = surrogate_loss(self.policy, new_dist, old, batch.valid).mean().detach()
+            new_kl = mean_kl(self.policy, old, new_dist, batch.valid).mean().detach()
+            if _finite(new_loss, new_kl) and new_loss < loss and new_kl <= self.max_kl:
+                self._write(candidate)
+                return {**metrics, "loss_after": float(new_loss), "kl": float(new_kl),
+                        "ls_steps": float(k + 1), "accepted": 1.0}
+        return {**metrics, "loss_after": loss.item(), "kl": 0.0,
+                "ls_steps": float(self.ls_max_steps), "accepted": 0.0}
+
+
+class PPO(OuterOptimizer):
+    """ProMP-style clipped-surrogate outer loop with Adam (see the module docstring)."""
+
+    def __init__(self, policy: nn.Module, inner: InnerLoop, lr: float = 1e-3, epochs: int = 5,
+                 clip_eps: float = 0.2, inner_kl_coef: float = 0.0):
+        super().__init__(policy, inner)
+        self.epochs, self.clip_eps, self.inner_kl_coef = epochs, clip_eps, inner_kl_coef
+        self.optimizer = torch.optim.Adam(list(self.params.values()), lr=lr)
+
+    def step(self, batch: MetaBatch) -> dict[str, float]:
+        old: DistParams | None = None
+        pre_states = batch.train[0]
+        old_pre = _detach_dist(dist_params(self.policy, self.params, pre_states.observations))
+        metrics: dict[str, float] = {}
+        for epoch in range(self.epochs):
+            new = adapted_dist(self.policy, self.params, batch, self.inner, create_graph=True)
+            if old is None:
+                old = _detach_dist(new)
+            loss = clipped_surrogate_loss(self.policy, new, old, batch.valid, self.clip_eps).mean()
+            pre = dist_params(self.policy, self.params, pre_states.observations)
+            pre_kl = mean_kl(self.policy, old_pre, pre, pre_states).mean()
+            total = loss + self.inner_kl_coef * pre_kl
+            if epoch == 0:
+                metrics["loss_before"] = loss.item()
+            self.optimizer.zero_grad()
+            total.backward()
+            if not _finite(*(p.grad for p in self.params.values())):
+                self.optimizer.zero_grad()
+                return {**metrics, "loss_after": loss.item(), "kl": 0.0, "accepted": 0.0}
+            self.optimizer.step()
+        with torch.no_grad():
+            new = adapted_dist(self.policy, self.params, batch, self.inner, create_graph=False)
+            metrics["loss_after"] = float(clipped_surrogate_loss(
+                self.policy, new, old, batch.valid, self.clip_eps).mean())
+            metrics["kl"] = float(mean_kl(self.policy, old, new, batch.valid).mean())
+        metrics["accepted"] = 1.0
+        return metrics
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
+
+class AdamOuter(OuterOptimizer):
+    """Adam on ``sum_i L_i(theta'_i)``, the post-adaptation REINFORCE loss (MAML eq. 2 / Alg. 3)."""
+
+    def __init__(self, policy: nn.Module, inner: InnerLoop, lr: float = 1e-3):
+        super().__init__(policy, inner)
+        self.optimizer = torch.optim.Adam(list(self.params.values()), lr=lr)
+
+    def step(self, batch: MetaBatch) -> dict[str, float]:
+        adapted = adapt(self.policy, self.params, batch.train, self.inner, create_graph=True)
+        loss = reinforce_loss(self.policy, adapted, batch.valid, per_task_params=True).mean()
+        self.optimizer.zero_grad()
+        loss.backward()
+        if not _finite(*(p.grad for p in self.params.values())):
+            self.optimizer.zero_grad()
+            return {"loss_before": loss.item(), "loss_after": loss.item(), "kl": 0.0,
+                    "accepted": 0.0}
+        self.optimizer.step()
+        with torch.no_grad():
+            new_adapted = adapt(self.policy, self.params, batch.train, self.inner,
+                                create_graph=False)
+            new = batched_dist_params(self.policy, detached(new_adapted), batch.valid.observations)
+            old = batched_dist_params(self.policy, detached(adapted), batch.valid.observations)
+            kl = float(mean_kl(self.policy, old, new, batch.valid).mean())
+            loss_after = float(reinforce_loss(self.policy, detached(new_adapted), batch.valid,
+                                              per_task_params=True).mean())
+        return {"loss_before": loss.item(), "loss_after": loss_after, "kl": kl, "accepted": 1.0}
+
+
+ALGORITHMS = {"trpo": TRPO, "ppo": PPO, "adam": AdamOuter}
+
+
+def make_outer(algo: str, policy: nn.Module, inner: InnerLoop, **kwargs) -> OuterOptimizer:
+    """The outer optimizer named ``algo`` (trpo|ppo|adam) with its keyword settings."""
+    if algo not in ALGORITHMS:
+        raise ValueError(f"unknown outer algorithm {algo!r}; known: {sorted(ALGORITHMS)}")
+    return ALGORITHMS[algo](policy, inner, **kwargs)

@@ -1,0 +1,80 @@
+"""Synchronous, deterministic episode sampler for a meta-batch of tasks.
+
+All environments of all tasks advance together: one batched policy forward per time step
+(``vmap`` over the tasks' own parameters), one batched simulator step. No processes, no threads
+of our own, nothing that can hang.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from agents.policies import batched_dist_params, dist_params
+from envs.vector import TaskVectorEnv
+from meta.episodes import Episodes
+
+
+@torch.no_grad()
+def sample_episodes(
+    venv: TaskVectorEnv,
+    policy: nn.Module,
+    params: Mapping[str, Tensor],
+    tasks: Sequence,
+    episodes_per_task: int,
+    seed: int,
+    per_task_params: bool = False,
+) -> Episodes:
+    """Run ``episodes_per_task`` episodes of every task, up to ``venv.horizon`` steps.
+
+    Args:
+        venv: a batched simulator with ``num_envs == len(tasks) * episodes_per_task``.
+        policy: the policy module (its own parameters are not used).
+        params: the parameters to act with; with ``per_task_params`` every tensor has a leading
+            task dim ``[N, ...]`` (adapted parameters), else they are shared by all tasks.
+        tasks: the ``N`` tasks; environment ``n * E + e`` runs task ``n``.
+        seed: seeds both the simulators' resets and the action noise.
+    Returns:
+        :class:`Episodes` with tensors ``[N, T, E, ...]`` on ``venv.device``, where ``T`` is
+        the length of the longest episode.
+    """
+    n, e = len(tasks), episodes_per_task
+    if venv.num_envs != n * e:
+        raise ValueError(f"the simulator holds {venv.num_envs} envs, need {n} tasks x {e} episodes")
+    device = venv.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    venv.set_tasks([task for task in tasks for _ in range(e)])
+    obs = venv.reset(seed=seed)
+    running = torch.ones(n * e, dtype=torch.bool, device=device)
+    last_obs = obs.clone()
+    truncated = torch.zeros_like(running)
+    unstable = torch.zeros_like(running)
+    steps: list[tuple[Tensor, ...]] = []
+    for _ in range(venv.horizon):
+        obs_ne = obs.reshape(n, e, -1)
+        if per_task_params:
+            dist = batched_dist_params(policy, params, obs_ne)
+        else:
+            dist = dist_params(policy, params, obs_ne)
+        actions = policy.sample(dist, generator)
+        log_probs = policy.log_prob(dist, actions)
+        out = venv.step(actions.reshape(n * e, *actions.shape[2:]))
+        mask = running.float()
+        steps.append((obs_ne, actions, out.rewards.reshape(n, e) * mask.reshape(n, e),
+                      mask.reshape(n, e), log_probs))
+        done = out.terminated | out.truncated
+        last_obs = torch.where((running & done)[:, None], out.observations, last_obs)
+        truncated |= running & out.truncated
+        unstable |= running & out.unstable
+        running = running & ~done
+        obs = out.observations
+        if not running.any():
+            break
+    stack = lambda i: torch.stack([s[i] for s in steps], dim=1)  # noqa: E731  [N, T, E, ...]
+    return Episodes(
+        observations=stack(0), actions=stack(1), rewards=stack(2), mask=stack(3),
+        log_probs=stack(4), last_observations=last_obs.reshape(n, e, -1),
+        truncated=truncated.reshape(n, e), unstable=unstable.reshape(n, e),
+    )
