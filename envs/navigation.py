@@ -42,7 +42,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.base import MetaEnv, check_action, check_in_range
-from envs.tasks import GoalTask
+from envs.tasks import GoalTask, TaskError
 
 GOAL_TOLERANCE = 0.01
 MAX_STEP = 0.1
@@ -75,7 +75,7 @@ class Navigation2D(MetaEnv[GoalTask], gym.Env):
 
     def _validate_task_values(self, task: GoalTask) -> None:
         if len(task.goal) != 2:
-            raise ValueError(f"GoalTask.goal must have 2 coordinates, got {len(task.goal)}")
+            raise TaskError(f"GoalTask.goal must have 2 coordinates, got {len(task.goal)}")
         for i, g in enumerate(task.goal):
             check_in_range(f"GoalTask.goal[{i}]", g, -10.0, 10.0)
 

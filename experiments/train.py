@@ -1,0 +1,312 @@
+"""``adaptbed train``: meta-train a policy with MAML and keep a complete record of the run.
+
+The meta-training loop is :func:`train`, top to bottom: sample tasks from the train split ->
+sample pre-adaptation episodes -> adapt -> sample post-adaptation episodes -> outer update ->
+log -> checkpoint. Everything it calls is importable and tested on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents.policies import make_policy
+from envs.registry import family, make
+from envs.vector import TaskVectorEnv, make_vector_env
+from experiments import config as cfglib
+from experiments.presets import get_preset
+from experiments.rundir import (CsvLog, RunDirError, atomic_write_text, environment_info,
+                                load_checkpoint, read_json, save_checkpoint)
+from meta.adaptation import AdvantageSettings, collect_meta_batch, step_seeds
+from meta.maml import InnerLoop
+from meta.outer import OuterOptimizer, make_outer
+
+# Measured with `python -m experiments.bench_inner` (see README): the faster inner-loop form.
+AUTO_BATCHING = {"cpu": "batched", "cuda": "batched"}
+
+
+# --- building the pieces from a config ----------------------------------------------------------
+@dataclass
+class Components:
+    """Everything a run needs, built from its config."""
+
+    venv: TaskVectorEnv
+    task_source: Any  # the family's env, used for sample_tasks
+    policy: nn.Module
+    inner: InnerLoop
+    outer: OuterOptimizer
+    advantages: AdvantageSettings
+
+
+def inner_loop(cfg: cfglib.Config) -> InnerLoop:
+    batching = cfg.maml.inner_batching
+    if batching == "auto":
+        batching = AUTO_BATCHING[torch.device(cfg.run.device).type]
+    return InnerLoop((cfg.maml.fast_lr,) * cfg.maml.num_inner_steps, cfg.maml.first_order,
+                     batching)
+
+
+def build_policy(cfg: cfglib.Config, observation_space, action_space) -> nn.Module:
+    """The policy of a run, initialised from ``torch.manual_seed(run.seed)``."""
+    torch.manual_seed(cfg.run.seed)
+    policy = make_policy(observation_space.shape[0], action_space, cfg.policy.hidden_sizes,
+                         cfg.policy.activation, cfg.policy.init_std)
+    return policy.to(cfg.run.device)
+
+
+def build(cfg: cfglib.Config) -> Components:
+    spec = family(cfg.env.family)
+    venv = make_vector_env(spec.name, cfg.maml.meta_batch_size * cfg.maml.episodes_per_task,
+                           cfg.run.device)
+    policy = build_policy(cfg, venv.observation_space, venv.action_space)
+    inner = inner_loop(cfg)
+    o = cfg.outer
+    settings: dict[str, Any] = {
+        "trpo": dict(max_kl=o.max_kl, cg_iters=o.cg_iters, cg_damping=o.cg_damping,
+                     ls_max_steps=o.ls_max_steps, ls_backtrack_ratio=o.ls_backtrack_ratio),
+        "ppo": dict(lr=o.lr, epochs=o.ppo_epochs, clip_eps=o.clip_eps,
+                    inner_kl_coef=o.inner_kl_coef),
+        "adam": dict(lr=o.lr),
+    }[o.algo]
+    outer = make_outer(o.algo, policy, inner, **settings)
+    advantages = AdvantageSettings(cfg.maml.gamma, cfg.maml.gae_lambda,
+                                   cfg.maml.bootstrap_truncated)
+    return Components(venv, make(spec.name).unwrapped, policy, inner, outer, advantages)
+
+
+def iteration_tasks(task_source: Any, cfg: cfglib.Config, iteration: int) -> list:
+    """The train tasks of one meta-iteration, from a generator seeded by (seed, iteration)."""
+    rng = np.random.default_rng([cfg.run.seed, iteration])
+    return task_source.sample_tasks(cfg.maml.meta_batch_size, rng)
+
+
+# --- the loop ---------------------------------------------------------------------------------
+def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, float]:
+    """Meta-train according to ``cfg``, writing everything into ``run_dir``.
+
+    Returns the metrics of the last iteration.
+    """
+    parts = build(cfg)
+    start, env_steps, best = 0, 0, -math.inf
+    if resume:
+        state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+        parts.policy.load_state_dict(state["policy"])
+        parts.outer.load_state_dict(state["outer"])
+        start, env_steps, best = state["iteration"], state["env_steps"], state["best_return"]
+    logger = RunLogger(run_dir, cfg, start)
+    progress = Progress(cfg.run.iterations, start, enabled=not cfg.run.quiet)
+    metrics: dict[str, float] = {}
+    try:
+        for iteration in range(start, cfg.run.iterations):
+            started = time.perf_counter()
+            tasks = iteration_tasks(parts.task_source, cfg, iteration)
+            seeds = step_seeds(cfg.run.seed, iteration, parts.inner.num_steps + 1)
+            batch, metrics = collect_meta_batch(
+                parts.venv, parts.policy, dict(parts.policy.named_parameters()), tasks,
+                parts.inner, cfg.maml.episodes_per_task, parts.advantages, seeds)
+            update_started = time.perf_counter()
+            metrics.update(parts.outer.step(batch))
+            metrics["seconds_updating"] = time.perf_counter() - update_started
+            env_steps += int(metrics["env_steps"])
+            metrics = summarize(metrics, parts.inner.num_steps, env_steps,
+                                time.perf_counter() - started)
+            logger.log(iteration, metrics)
+            post = metrics[f"return_step_{parts.inner.num_steps}"]
+            state = {"policy": parts.policy.state_dict(), "outer": parts.outer.state_dict(),
+                     "iteration": iteration + 1, "env_steps": env_steps,
+                     "best_return": max(best, post), "metrics": metrics}
+            if post > best:
+                best = post
+                save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
+            if (iteration + 1) % cfg.run.checkpoint_every == 0 or iteration + 1 == cfg.run.iterations:
+                save_checkpoint(run_dir / "checkpoints" / "latest.pt", state)
+            progress.update(metrics, parts.inner.num_steps)
+    finally:
+        progress.close()
+        logger.close()
+        parts.venv.close()
+    return metrics
+
+
+def summarize(metrics: dict[str, float], num_steps: int, env_steps: int,
+              seconds: float) -> dict[str, float]:
+    """Add the derived scalars: adaptation gain, cumulative env steps, env steps per second."""
+    out = dict(metrics)
+    out["adaptation_gain"] = metrics[f"return_step_{num_steps}"] - metrics["return_step_0"]
+    out["env_steps_total"] = float(env_steps)
+    out["env_steps_per_second"] = metrics["env_steps"] / max(metrics["seconds_sampling"], 1e-9)
+    out["seconds_iteration"] = seconds
+    return out
+
+
+# --- logging (the only I/O of the loop) --------------------------------------------------------
+TAGS = {  # metric key -> TensorBoard tag
+    "adaptation_gain": "adaptation/gain",
+    "loss_before": "losses/outer_loss_before",
+    "loss_after": "losses/outer_loss_after",
+    "kl": "losses/kl",
+    "ls_steps": "losses/line_search_steps",
+    "grad_norm": "losses/grad_norm",
+    "accepted": "losses/step_accepted",
+    "env_steps_total": "charts/env_steps",
+    "env_steps_per_second": "charts/env_steps_per_second",
+    "unstable_episodes": "charts/unstable_episodes",
+    "seconds_sampling": "time/sampling_s",
+    "seconds_adapting": "time/adapting_s",
+    "seconds_updating": "time/updating_s",
+    "seconds_iteration": "time/iteration_s",
+}
+
+
+def tag_of(key: str) -> str | None:
+    if key.startswith("return_step_"):
+        return f"adaptation/{key}"
+    return TAGS.get(key)
+
+
+class RunLogger:
+    """TensorBoard scalars (namespaced tags) and ``progress.csv`` with the same values."""
+
+    def __init__(self, run_dir: Path, cfg: cfglib.Config, start_iteration: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step drops events logged after the last checkpoint by a crashed run
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_iteration or None)
+        self.csv = CsvLog(run_dir / "progress.csv", start_iteration)
+        if start_iteration == 0:
+            table = "\n".join(["| key | value |", "|---|---|"] +
+                              [f"| {k} | {v} |" for k, v in cfglib.flatten(cfg).items()])
+            self.writer.add_text("hyperparameters", table, 0)
+
+    def log(self, iteration: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            tag = tag_of(key)
+            if tag is not None:
+                self.writer.add_scalar(tag, value, iteration)
+        self.writer.flush()
+        self.csv.write({"iteration": iteration, **{k: v for k, v in metrics.items()
+                                                   if tag_of(k) is not None}})
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Progress:
+    """A tqdm bar on stderr: iteration, return before/after adaptation, env steps/s."""
+
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc="meta-train", unit="it",
+                            file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, metrics: dict[str, float], num_steps: int) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(pre=f"{metrics['return_step_0']:.1f}",
+                                 post=f"{metrics[f'return_step_{num_steps}']:.1f}",
+                                 sps=f"{metrics['env_steps_per_second']:.0f}")
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --- command line ------------------------------------------------------------------------------
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="adaptbed train", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Meta-train a policy with MAML on a task family.",
+        epilog="config keys (override as section.field=value):\n\n" + cfglib.help_text())
+    p.add_argument("--preset", default="navigation-2d",
+                   help="preset name (one per task family; see `adaptbed envs`)")
+    p.add_argument("--seed", type=int, help="run.seed")
+    p.add_argument("--device", help="run.device: cpu or cuda")
+    p.add_argument("--iterations", type=int, help="run.iterations")
+    p.add_argument("--run-dir", help="run.run_dir (default runs/<preset>-s<seed>-<time>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from its latest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted config overrides, e.g. maml.fast_lr=0.05 outer.algo=ppo")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> tuple[cfglib.Config, Path]:
+    """The validated config and run directory of a command line (raises one-line errors)."""
+    flags = [f"run.{k}={v}" for k, v in (("seed", args.seed), ("device", args.device),
+                                         ("iterations", args.iterations),
+                                         ("run_dir", args.run_dir)) if v is not None]
+    if args.quiet:
+        flags.append("run.quiet=true")
+    if args.resume:
+        if not args.run_dir:
+            raise RunDirError("--resume needs --run-dir of the run to continue")
+        run_dir = Path(args.run_dir)
+        if not (run_dir / "config.json").exists():
+            raise RunDirError(f"{run_dir} holds no run to resume (no config.json)")
+        saved = cfglib.from_dict(read_json(run_dir / "config.json")["config"])
+        changeable = [f for f in flags if f.split("=")[0] in
+                      ("run.iterations", "run.quiet", "run.device", "run.run_dir")]
+        if args.overrides or len(changeable) != len(flags):
+            raise RunDirError("a resumed run keeps its config: only --iterations, --device and "
+                              "--quiet may be given with --resume")
+        cfg = cfglib.apply_overrides(saved, changeable)
+    else:
+        cfg = cfglib.apply_overrides(get_preset(args.preset), [*args.overrides, *flags])
+    cfglib.validate(cfg)
+    if not cfg.run.run_dir:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        cfg = cfglib.apply_overrides(cfg, [f"run.run_dir=runs/{cfg.preset or 'run'}-s{cfg.run.seed}-{stamp}"])
+    return cfg, Path(cfg.run.run_dir)
+
+
+def prepare_run_dir(cfg: cfglib.Config, run_dir: Path, resume: bool) -> None:
+    """Create ``run_dir`` and write ``config.json``; refuse to overwrite a different run."""
+    config_path = run_dir / "config.json"
+    if config_path.exists() and not resume:
+        raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or "
+                          "choose another --run-dir")
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunDirError(f"cannot create run directory {run_dir}: {err.strerror}") from None
+    doc = {"config": cfglib.to_dict(cfg), "environment": environment_info(),
+           "family": family(cfg.env.family).env_id}
+    atomic_write_text(config_path, json.dumps(doc, indent=2))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        cfg, run_dir = resolve(args)
+        prepare_run_dir(cfg, run_dir, args.resume)
+    except (cfglib.ConfigError, RunDirError) as err:
+        print(f"adaptbed train: error: {err}", file=sys.stderr)
+        return 2
+    if not cfg.run.quiet:
+        print(f"run directory: {run_dir}   (tensorboard --logdir {run_dir / 'tb'})",
+              file=sys.stderr)
+    metrics = train(cfg, run_dir, resume=args.resume)
+    if metrics:
+        k = cfg.maml.num_inner_steps
+        print(json.dumps({"run_dir": str(run_dir), "return_before": metrics["return_step_0"],
+                          "return_after": metrics[f"return_step_{k}"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
