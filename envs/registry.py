@@ -139,5 +139,5 @@ def markdown_table() -> str:
     rows = table_rows()
     header = list(rows[0])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r[h] for h in header) + " |" for r in rows]
+    lines += ["| " + " | ".join(r[h].replace("|", "\\|") for h in header) + " |" for r in rows]
     return "\n".join(lines)

@@ -11,7 +11,9 @@ import argparse
 import dataclasses
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,9 +108,14 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
         start, env_steps, best = state["iteration"], state["env_steps"], state["best_return"]
     logger = RunLogger(run_dir, cfg, start)
     progress = Progress(cfg.run.iterations, start, enabled=not cfg.run.quiet)
+    stop = StopRequest()
     metrics: dict[str, float] = {}
     try:
         for iteration in range(start, cfg.run.iterations):
+            if stop.requested:
+                print(f"adaptbed train: stopped by {stop.requested} after iteration {iteration}; "
+                      f"continue with --resume --run-dir {run_dir}", file=sys.stderr)
+                break
             started = time.perf_counter()
             tasks = iteration_tasks(parts.task_source, cfg, iteration)
             seeds = step_seeds(cfg.run.seed, iteration, parts.inner.num_steps + 1)
@@ -129,14 +136,36 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
             if post > best:
                 best = post
                 save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
-            if (iteration + 1) % cfg.run.checkpoint_every == 0 or iteration + 1 == cfg.run.iterations:
+            last = iteration + 1 == cfg.run.iterations
+            if (iteration + 1) % cfg.run.checkpoint_every == 0 or last or stop.requested:
                 save_checkpoint(run_dir / "checkpoints" / "latest.pt", state)
             progress.update(metrics, parts.inner.num_steps)
     finally:
+        stop.restore()
         progress.close()
         logger.close()
         parts.venv.close()
     return metrics
+
+
+class StopRequest:
+    """SIGINT / SIGTERM ask the loop to stop after the current iteration and its checkpoint."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def summarize(metrics: dict[str, float], num_steps: int, env_steps: int,
@@ -175,8 +204,14 @@ def tag_of(key: str) -> str | None:
     return TAGS.get(key)
 
 
+TIMING_KEYS = ("seconds_sampling", "seconds_adapting", "seconds_updating", "seconds_iteration",
+               "env_steps_per_second")
+
+
 class RunLogger:
-    """TensorBoard scalars (namespaced tags) and ``progress.csv`` with the same values."""
+    """TensorBoard scalars (namespaced tags) mirrored in two CSV files: ``progress.csv`` with
+    every deterministic scalar (identical for two runs of the same seed) and ``timing.csv``
+    with the wall-clock ones."""
 
     def __init__(self, run_dir: Path, cfg: cfglib.Config, start_iteration: int):
         from torch.utils.tensorboard import SummaryWriter
@@ -184,6 +219,7 @@ class RunLogger:
         # purge_step drops events logged after the last checkpoint by a crashed run
         self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_iteration or None)
         self.csv = CsvLog(run_dir / "progress.csv", start_iteration)
+        self.timing_csv = CsvLog(run_dir / "timing.csv", start_iteration)
         if start_iteration == 0:
             table = "\n".join(["| key | value |", "|---|---|"] +
                               [f"| {k} | {v} |" for k, v in cfglib.flatten(cfg).items()])
@@ -195,8 +231,11 @@ class RunLogger:
             if tag is not None:
                 self.writer.add_scalar(tag, value, iteration)
         self.writer.flush()
-        self.csv.write({"iteration": iteration, **{k: v for k, v in metrics.items()
-                                                   if tag_of(k) is not None}})
+        logged = {k: v for k, v in metrics.items() if tag_of(k) is not None}
+        self.csv.write({"iteration": iteration,
+                        **{k: v for k, v in logged.items() if k not in TIMING_KEYS}})
+        self.timing_csv.write({"iteration": iteration,
+                               **{k: v for k, v in logged.items() if k in TIMING_KEYS}})
 
     def close(self) -> None:
         self.writer.close()

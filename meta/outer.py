@@ -239,6 +239,12 @@ class AdamOuter(OuterOptimizer):
                                               per_task_params=True).mean())
         return {"loss_before": loss.item(), "loss_after": loss_after, "kl": kl, "accepted": 1.0}
 
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
 
 ALGORITHMS = {"trpo": TRPO, "ppo": PPO, "adam": AdamOuter}
 
