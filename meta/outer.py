@@ -54,21 +54,25 @@ def adapted_dist(policy: nn.Module, params: Mapping[str, Tensor], batch: MetaBat
     return batched_dist_params(policy, adapted, batch.valid.observations)
 
 
-def importance_ratio(policy: nn.Module, new: DistParams, old: DistParams, actions: Tensor) -> Tensor:
-    """``pi_new(a|s) / pi_old(a|s)``, ``[N, T, E]``."""
-    return torch.exp(policy.log_prob(new, actions) - policy.log_prob(old, actions))
+def importance_ratio(policy: nn.Module, new: DistParams, old: DistParams, episodes: Episodes) -> Tensor:
+    """``pi_new(a|s) / pi_old(a|s)`` on valid steps, 1 on padding: ``[N, T, E]``.
+
+    The log-ratio is masked before ``exp`` so padded steps can never overflow to ``inf``.
+    """
+    log_ratio = policy.log_prob(new, episodes.actions) - policy.log_prob(old, episodes.actions)
+    return torch.exp(torch.where(episodes.mask > 0, log_ratio, 0.0))
 
 
 def surrogate_loss(policy: nn.Module, new: DistParams, old: DistParams, valid: Episodes) -> Tensor:
     """TRPO surrogate ``-E[ratio * A]`` per task (Schulman et al. 2015, eq. 14): ``[N]``."""
-    ratio = importance_ratio(policy, new, old, valid.actions)
+    ratio = importance_ratio(policy, new, old, valid)
     return -weighted_mean(ratio * valid.advantages, valid.mask)
 
 
 def clipped_surrogate_loss(policy: nn.Module, new: DistParams, old: DistParams, valid: Episodes,
                            clip_eps: float) -> Tensor:
     """PPO clipped surrogate ``-E[min(r A, clip(r, 1-eps, 1+eps) A)]`` (Schulman 2017, eq. 7): ``[N]``."""
-    ratio = importance_ratio(policy, new, old, valid.actions)
+    ratio = importance_ratio(policy, new, old, valid)
     adv = valid.advantages
     objective = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
     return -weighted_mean(objective, valid.mask)

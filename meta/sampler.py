@@ -52,8 +52,9 @@ def sample_episodes(
     truncated = torch.zeros_like(running)
     unstable = torch.zeros_like(running)
     steps: list[tuple[Tensor, ...]] = []
+    dtype = next(iter(params.values())).dtype  # act in the policy's precision
     for _ in range(venv.horizon):
-        obs_ne = obs.reshape(n, e, -1)
+        obs_ne = obs.reshape(n, e, -1).to(dtype)
         if per_task_params:
             dist = batched_dist_params(policy, params, obs_ne)
         else:

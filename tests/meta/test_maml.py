@@ -7,10 +7,12 @@ Everything runs in float64 on small synthetic batches: ``N = 3`` tasks, ``T = 5`
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from agents.baseline import LinearFeatureBaseline, features
+from agents.baseline import LinearFeatureBaseline
 from agents.policies import GaussianMLPPolicy
 from meta.episodes import Episodes
 from meta.maml import (
@@ -130,30 +132,10 @@ def batches(num_steps: int):
 
 
 # --- (a) second-order meta-gradient vs finite differences ------------------------------------------
-def test_meta_gradient_matches_finite_differences_every_coordinate():
-    """One inner step, batched: central differences along each of the 52 parameters."""
-    policy = make_policy()
-    params = base_params(policy)
-    inner = InnerLoop(step_sizes=(ALPHA,))
-    train, valid = batches(1)
-    grad = meta_gradient(policy, params, train, valid, inner)
-
-    def objective(p):
-        return meta_objective(policy, p, train, valid, inner, create_graph=False).detach()
-
-    numeric = finite_difference_gradient(objective, params)
-    assert numeric.norm() > 1e-3
-    assert (numeric != 0).all()  # every coordinate is tested for real
-    assert rel_err(grad, numeric) < 1e-4
-
-
-@pytest.mark.parametrize("step_sizes, batching", [
-    ((ALPHA, ALPHA / 2), "batched"),
-    ((ALPHA, ALPHA / 2), "loop"),
-    ((ALPHA,), "loop"),
-], ids=["2-steps-batched", "2-steps-loop", "1-step-loop"])
-def test_meta_gradient_matches_directional_finite_differences(step_sizes, batching):
-    """Several inner steps: central differences along 12 random directions."""
+@pytest.mark.parametrize("step_sizes", [(ALPHA,), (ALPHA, ALPHA / 2)], ids=["1-step", "2-steps"])
+@pytest.mark.parametrize("batching", ["batched", "loop"])
+def test_meta_gradient_matches_finite_differences(step_sizes, batching):
+    """Central differences of J along each of the 52 parameters."""
     policy = make_policy()
     params = base_params(policy)
     inner = InnerLoop(step_sizes=step_sizes, batching=batching)
@@ -163,10 +145,11 @@ def test_meta_gradient_matches_directional_finite_differences(step_sizes, batchi
     def objective(p):
         return meta_objective(policy, p, train, valid, inner, create_graph=False).detach()
 
-    directions = random_directions(grad.numel())
-    numeric = directional_differences(objective, params, directions)
-    assert numeric.abs().min() > 1e-4
-    assert rel_err(directions @ grad, numeric) < 1e-4
+    numeric = finite_difference_gradient(objective, params)
+    assert (numeric.abs() > 1e-6).all()  # every coordinate is tested for real
+    assert rel_err(grad, numeric) < 1e-4
+    # and coordinate by coordinate
+    torch.testing.assert_close(grad, numeric, rtol=1e-4, atol=1e-6 * float(numeric.abs().max()))
 
 
 def test_meta_gradient_matches_finite_differences_of_the_trpo_surrogate():
@@ -337,8 +320,6 @@ def test_padding_never_changes_the_loss_or_the_meta_gradient():
     pad = ~train[0].mask.bool()
 
     def rejunk(ep: Episodes, scale: float) -> Episodes:
-        import dataclasses
-
         m = ~ep.mask.bool()
         return dataclasses.replace(
             ep,

@@ -1,0 +1,95 @@
+"""Benchmark: batched vs per-task-loop inner loop (adapt + second-order meta-gradient).
+
+``python -m experiments.bench_inner [--preset NAME ...] [--device cpu|cuda] [--repeats R]``
+prints one JSON object per preset with the seconds of one adaptation + meta-gradient in each
+form, measured in the same run on synthetic episodes of the preset's shapes (meta-batch size x
+episodes per task x horizon, the family's observation and action sizes). The faster form per
+device is what ``maml.inner_batching=auto`` uses (``experiments.train.AUTO_BATCHING``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Sequence
+
+import torch
+
+from agents.policies import make_policy
+from envs.registry import family, make
+from experiments.presets import get_preset
+from meta.episodes import Episodes
+from meta.maml import InnerLoop, adapt, reinforce_loss, with_advantages
+
+
+def synthetic_episodes(n: int, t: int, e: int, obs_dim: int, act_dim: int, device: str,
+                       generator: torch.Generator) -> Episodes:
+    """Random episodes ``[N, T, E, ...]`` with advantages (all steps valid)."""
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator).to(device)
+
+    mask = torch.ones(n, t, e, device=device)
+    ep = Episodes(observations=randn(n, t, e, obs_dim), actions=randn(n, t, e, act_dim),
+                  rewards=randn(n, t, e), mask=mask, log_probs=torch.zeros_like(mask),
+                  last_observations=randn(n, e, obs_dim),
+                  truncated=torch.ones(n, e, dtype=torch.bool, device=device),
+                  unstable=torch.zeros(n, e, dtype=torch.bool, device=device))
+    return with_advantages(ep, 0.99, 1.0)
+
+
+def time_form(policy, train, valid, batching: str, repeats: int, device: str) -> float:
+    inner = InnerLoop((0.1,), False, batching)
+    params = dict(policy.named_parameters())
+    best = float("inf")
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        adapted = adapt(policy, params, [train], inner, create_graph=True)
+        loss = reinforce_loss(policy, adapted, valid, per_task_params=True).mean()
+        torch.autograd.grad(loss, list(params.values()))
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench(preset: str, device: str, repeats: int) -> dict:
+    cfg = get_preset(preset)
+    spec = family(cfg.env.family)
+    env = make(spec.name)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    n, e, t = cfg.maml.meta_batch_size, cfg.maml.episodes_per_task, spec.horizon
+    g = torch.Generator().manual_seed(0)
+    policy = make_policy(obs_dim, env.action_space, cfg.policy.hidden_sizes,
+                         cfg.policy.activation).to(device)
+    train = synthetic_episodes(n, t, e, obs_dim, act_dim, device, g)
+    valid = synthetic_episodes(n, t, e, obs_dim, act_dim, device, g)
+    out = {"preset": preset, "device": device, "tasks": n, "episodes_per_task": e, "horizon": t,
+           "torch_threads": torch.get_num_threads()}
+    for form in ("batched", "loop"):
+        out[f"{form}_seconds"] = time_form(policy, train, valid, form, repeats, device)
+    out["faster"] = min(("batched", "loop"), key=lambda f: out[f"{f}_seconds"])
+    out["loop_over_batched"] = out["loop_seconds"] / out["batched_seconds"]
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.bench_inner", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", nargs="+", default=["navigation-2d", "halfcheetah-vel"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench_inner: error: --device cuda but no CUDA GPU is available", file=sys.stderr)
+        return 2
+    for preset in args.preset:
+        print(json.dumps(bench(preset, args.device, args.repeats)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
