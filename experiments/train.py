@@ -104,7 +104,7 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
     if resume:
         state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
         parts.policy.load_state_dict(state["policy"])
-        pass
+        parts.outer.load_state_dict(state["outer"])
         start, env_steps, best = state["iteration"], state["env_steps"], state["best_return"]
     logger = RunLogger(run_dir, cfg, start)
     progress = Progress(cfg.run.iterations, start, enabled=not cfg.run.quiet)
@@ -112,10 +112,6 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
     metrics: dict[str, float] = {}
     try:
         for iteration in range(start, cfg.run.iterations):
-            if stop.requested:
-                print(f"adaptbed train: stopped by {stop.requested} after iteration {iteration}; "
-                      f"continue with --resume --run-dir {run_dir}", file=sys.stderr)
-                break
             started = time.perf_counter()
             tasks = iteration_tasks(parts.task_source, cfg, iteration)
             seeds = step_seeds(cfg.run.seed, iteration, parts.inner.num_steps + 1)
@@ -137,9 +133,14 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
                 best = post
                 save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
             last = iteration + 1 == cfg.run.iterations
-            if (iteration + 1) % cfg.run.checkpoint_every == 0 or last or stop.requested:
+            stopping = stop.requested  # read once: checkpoint and stop on the same answer
+            if (iteration + 1) % cfg.run.checkpoint_every == 0 or last or stopping:
                 save_checkpoint(run_dir / "checkpoints" / "latest.pt", state)
             progress.update(metrics, parts.inner.num_steps)
+            if stopping and not last:
+                print(f"adaptbed train: stopped by {stopping} after iteration {iteration + 1}; "
+                      f"continue with --resume --run-dir {run_dir}", file=sys.stderr)
+                break
     finally:
         stop.restore()
         progress.close()

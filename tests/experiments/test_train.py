@@ -157,7 +157,7 @@ def reference(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     return run_dir, proc
 
 
-# --- 1. the run directory --------------------------------------------------------------------------
+# --- 1. the run directory ------------------------------------------------------------------------
 def test_run_writes_every_artifact(reference):
     run_dir, proc = reference
     assert "Traceback" not in proc.stderr
@@ -218,7 +218,7 @@ def _navigation_spaces():
     return env.observation_space, env.action_space
 
 
-# --- 2. TensorBoard ----------------------------------------------------------------------------------
+# --- 2. TensorBoard ------------------------------------------------------------------------------
 def test_tensorboard_scalars(reference):
     run_dir, _ = reference
     acc = scalars(run_dir)
@@ -243,7 +243,7 @@ def test_tensorboard_scalars(reference):
     assert "| maml.meta_batch_size | 2 |" in table and "| outer.algo | trpo |" in table
 
 
-# --- 3. resume ---------------------------------------------------------------------------------------
+# --- 3. resume -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("algo", ["trpo", "adam"])
 def test_resume_equals_uninterrupted(reference, tmp_path, algo):
     extra = [f"outer.algo={algo}"]
@@ -306,7 +306,7 @@ def test_resume_after_sigkill(tmp_path):
     assert_one_row_per_iteration(killed, total)
 
 
-# --- 4. signals ---------------------------------------------------------------------------------------
+# --- 4. signals ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_after_a_checkpointed_iteration(tmp_path, sig):
     run_dir = tmp_path / "run"
@@ -337,7 +337,7 @@ def test_signal_stops_after_a_checkpointed_iteration(tmp_path, sig):
     assert_one_row_per_iteration(run_dir, done + 2)
 
 
-# --- 5. seeds -------------------------------------------------------------------------------------------
+# --- 5. seeds ------------------------------------------------------------------------------------
 def test_same_seed_same_progress_other_seed_differs(reference, tmp_path):
     again, other = tmp_path / "again", tmp_path / "other"
     tiny_run(again, N_REF, "--seed", "0")
@@ -348,7 +348,7 @@ def test_same_seed_same_progress_other_seed_differs(reference, tmp_path):
     assert iterations_of(other / "progress.csv") == list(range(N_REF))
 
 
-# --- 6. overrides ---------------------------------------------------------------------------------------
+# --- 6. overrides --------------------------------------------------------------------------------
 @pytest.mark.parametrize("override, section, key, value", [
     ("outer.algo=ppo", "outer", "algo", "ppo"),
     ("outer.algo=adam", "outer", "algo", "adam"),
@@ -379,7 +379,7 @@ def test_override_reaches_the_run(reference, tmp_path, override, section, key, v
             assert int(r["env_steps_total"]) > 0
 
 
-# --- 7. bad input ---------------------------------------------------------------------------------------
+# --- 7. bad input --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def started_run(tmp_path_factory) -> Path:
     """A run's config.json and no checkpoint, as a run killed in its first iteration leaves."""
@@ -446,7 +446,8 @@ def test_bad_input_exits_2_with_one_line(dirs, capsys, case):
     assert {p: p.read_bytes() for p in dirs["started"].rglob("*") if p.is_file()} == before
 
 
-@pytest.mark.parametrize("args", [["--preset", "no-such-preset"], ["--resume", "--run-dir", "{started}"]],
+@pytest.mark.parametrize("args", [["--preset", "no-such-preset"],
+                                  ["--resume", "--run-dir", "{started}"]],
                          ids=["unknown preset", "resume before first checkpoint"])
 def test_bad_input_from_the_command_line(dirs, args):
     proc = subprocess.run([sys.executable, "-m", "experiments.cli", "train",
