@@ -66,7 +66,8 @@ class MamlConfig:
     episodes_per_task: int = 20
     """Episodes sampled per task for each adaptation step and for the post-adaptation loss."""
     num_inner_steps: int = 1
-    """Policy-gradient adaptation steps per task."""
+    """Policy-gradient adaptation steps per task; 0 trains a multi-task policy without
+    adaptation (the pretrained baseline)."""
     fast_lr: float = 0.1
     """Step size of the inner-loop (adaptation) gradient step."""
     first_order: bool = False
@@ -407,7 +408,6 @@ def _validate_sizes(cfg: Config) -> None:
     sizes = {
         "maml.meta_batch_size": cfg.maml.meta_batch_size,
         "maml.episodes_per_task": cfg.maml.episodes_per_task,
-        "maml.num_inner_steps": cfg.maml.num_inner_steps,
         "run.iterations": cfg.run.iterations,
         "outer.cg_iters": cfg.outer.cg_iters,
         "outer.ls_max_steps": cfg.outer.ls_max_steps,
@@ -419,6 +419,8 @@ def _validate_sizes(cfg: Config) -> None:
     for size in cfg.policy.hidden_sizes:
         _require(size > 0, f"policy.hidden_sizes must all be positive; got "
                            f"{_format_value(cfg.policy.hidden_sizes)}")
+    _require(cfg.maml.num_inner_steps >= 0, f"maml.num_inner_steps must be >= 0 (0: no "
+             f"adaptation, a multi-task policy); got {cfg.maml.num_inner_steps}")
     _require(cfg.run.eval_every >= 0, f"run.eval_every must be >= 0 (0: never); "
                                       f"got {cfg.run.eval_every}")
 

@@ -107,7 +107,8 @@ class InnerLoop:
 
     Attributes:
         step_sizes: one learning rate per inner gradient step (``fast_lr``; evaluation uses
-            ``fast_lr`` then ``fast_lr / 2``).
+            ``fast_lr`` then ``fast_lr / 2``). Empty: no adaptation, so the outer loop trains
+            a plain multi-task policy (the ``pretrained`` baseline).
         first_order: drop the second-order terms (FOMAML): the inner gradient is treated as a
             constant, so ``d theta' / d theta = I``.
         batching: ``"batched"`` adapts all tasks in one computation (a ``vmap``-ed forward
@@ -121,7 +122,7 @@ class InnerLoop:
     def __post_init__(self) -> None:
         if self.batching not in BATCHING:
             raise ValueError(f"unknown batching {self.batching!r}; known: {BATCHING}")
-        if not self.step_sizes or any(not a > 0 for a in self.step_sizes):
+        if any(not a > 0 for a in self.step_sizes):
             raise ValueError(f"step sizes must be positive, got {self.step_sizes}")
 
     @property
@@ -130,7 +131,7 @@ class InnerLoop:
 
 
 def adapt(policy: nn.Module, params: Mapping[str, Tensor], train_episodes: Sequence[Episodes],
-          inner: InnerLoop, create_graph: bool = True) -> Params:
+          inner: InnerLoop, create_graph: bool = True, num_tasks: int | None = None) -> Params:
     """Adapted parameters ``theta'_i`` for every task, stacked: ``{name: [N, ...]}``.
 
     Args:
@@ -140,10 +141,16 @@ def adapt(policy: nn.Module, params: Mapping[str, Tensor], train_episodes: Seque
         create_graph: keep the graph of the inner gradients (second-order MAML). Set False
             to only *evaluate* adapted parameters (no outer gradient needed); ``first_order``
             also implies it.
+        num_tasks: the number of tasks ``N``; needed only with zero inner steps (then every
+            task gets ``theta`` itself).
     """
     if len(train_episodes) != inner.num_steps:
         raise ValueError(f"{inner.num_steps} inner steps need as many batches of episodes, "
                          f"got {len(train_episodes)}")
+    if inner.num_steps == 0:
+        if num_tasks is None:
+            raise ValueError("adapting with zero inner steps needs num_tasks")
+        return {k: v.unsqueeze(0).expand(num_tasks, *v.shape) for k, v in params.items()}
     create_graph = create_graph and not inner.first_order
     with torch.enable_grad():
         params = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}

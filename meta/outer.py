@@ -50,7 +50,8 @@ class MetaBatch:
 def adapted_dist(policy: nn.Module, params: Mapping[str, Tensor], batch: MetaBatch,
                  inner: InnerLoop, create_graph: bool) -> DistParams:
     """The adapted policies' distributions on the post-adaptation states, ``[N, T, E, ...]``."""
-    adapted = adapt(policy, params, batch.train, inner, create_graph=create_graph)
+    adapted = adapt(policy, params, batch.train, inner, create_graph=create_graph,
+                    num_tasks=batch.valid.num_tasks)
     return batched_dist_params(policy, adapted, batch.valid.observations)
 
 
@@ -182,7 +183,7 @@ class PPO(OuterOptimizer):
 
     def step(self, batch: MetaBatch) -> dict[str, float]:
         old: DistParams | None = None
-        pre_states = batch.train[0]
+        pre_states = batch.train[0] if batch.train else batch.valid
         old_pre = _detach_dist(dist_params(self.policy, self.params, pre_states.observations))
         metrics: dict[str, float] = {}
         for epoch in range(self.epochs):
@@ -224,7 +225,9 @@ class AdamOuter(OuterOptimizer):
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=lr)
 
     def step(self, batch: MetaBatch) -> dict[str, float]:
-        adapted = adapt(self.policy, self.params, batch.train, self.inner, create_graph=True)
+        n = batch.valid.num_tasks
+        adapted = adapt(self.policy, self.params, batch.train, self.inner, create_graph=True,
+                        num_tasks=n)
         loss = reinforce_loss(self.policy, adapted, batch.valid, per_task_params=True).mean()
         self.optimizer.zero_grad()
         loss.backward()
@@ -235,7 +238,7 @@ class AdamOuter(OuterOptimizer):
         self.optimizer.step()
         with torch.no_grad():
             new_adapted = adapt(self.policy, self.params, batch.train, self.inner,
-                                create_graph=False)
+                                create_graph=False, num_tasks=n)
             new = batched_dist_params(self.policy, detached(new_adapted), batch.valid.observations)
             old = batched_dist_params(self.policy, detached(adapted), batch.valid.observations)
             kl = float(mean_kl(self.policy, old, new, batch.valid).mean())

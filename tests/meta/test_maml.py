@@ -427,12 +427,22 @@ def test_bootstrap_truncated_changes_only_truncated_episodes():
 
 
 # --- the inner-loop configuration -------------------------------------------------------------------
+def test_zero_inner_steps_give_every_task_the_base_parameters():
+    policy = make_policy()
+    params = dict(policy.named_parameters())
+    adapted = adapt(policy, params, [], InnerLoop(step_sizes=()), num_tasks=3)
+    for k, v in params.items():
+        assert adapted[k].shape == (3, *v.shape)
+        assert torch.equal(adapted[k][1], v)
+    with pytest.raises(ValueError, match="num_tasks"):
+        adapt(policy, params, [], InnerLoop(step_sizes=()))
+
+
 def test_inner_loop_validation():
     assert InnerLoop(step_sizes=(0.1, 0.05)).num_steps == 2
     with pytest.raises(ValueError, match="batching"):
         InnerLoop(batching="parallel")
-    with pytest.raises(ValueError, match="step sizes"):
-        InnerLoop(step_sizes=())
+    assert InnerLoop(step_sizes=()).num_steps == 0  # no adaptation: the pretrained baseline
     with pytest.raises(ValueError, match="step sizes"):
         InnerLoop(step_sizes=(0.1, 0.0))
     with pytest.raises(ValueError, match="step sizes"):
