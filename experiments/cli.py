@@ -11,6 +11,13 @@ COMMANDS = {
     "train": ("experiments.train", "meta-train a policy (MAML) on a task family"),
     "quickstart": ("experiments.quickstart", "meta-train navigation-2d and evaluate it (~5 min)"),
     "sinusoid": ("experiments.sinusoid", "MAML on the sinusoid regression benchmark"),
+    "evaluate": ("experiments.evaluate", "adaptation curves on held-out tasks, with baselines"),
+    "adapt": ("experiments.adapt", "adapt a meta-trained policy to one given task and save it"),
+    "rollout": ("experiments.rollout", "evaluate (and optionally render) a saved policy"),
+    "plot": ("experiments.plot", "overlay the adaptation curves of several runs"),
+    "baseline": ("experiments.baselines", "train the pretrained / oracle baselines of a family"),
+    "study": ("experiments.study", "train and evaluate MAML and every baseline; Markdown report"),
+    "bench": ("experiments.bench", "sampler throughput against the physics limit (JSON)"),
 }
 
 
@@ -31,7 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"adaptbed: error: unknown command {name!r}; known: {', '.join(COMMANDS)}",
               file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+    except ModuleNotFoundError as err:
+        if err.name != COMMANDS[name][0]:
+            raise
+        print(f"adaptbed: error: {name!r} is not available yet in this version", file=sys.stderr)
+        return 2
     return int(module.main(rest) or 0)
 
 

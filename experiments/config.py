@@ -127,6 +127,8 @@ class RunConfig:
     """Evaluate on the held-out test tasks every this many meta-iterations; 0 never."""
     quiet: bool = False
     """Print no per-iteration progress."""
+    max_consecutive_failures: int = 5
+    """Stop the run after this many outer steps in a row were rejected for non-finite values."""
 
 
 @dataclass(frozen=True)
@@ -413,6 +415,7 @@ def _validate_sizes(cfg: Config) -> None:
         "outer.ls_max_steps": cfg.outer.ls_max_steps,
         "outer.ppo_epochs": cfg.outer.ppo_epochs,
         "run.checkpoint_every": cfg.run.checkpoint_every,
+        "run.max_consecutive_failures": cfg.run.max_consecutive_failures,
     }
     for key, value in sizes.items():
         _require(value > 0, f"{key} must be a positive integer; got {value}")

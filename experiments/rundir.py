@@ -8,12 +8,14 @@ Layout::
       tb/                    TensorBoard event files
       checkpoints/latest.pt  policy, outer-optimizer state, iteration, env steps, ...
       checkpoints/best.pt    the same, for the best post-adaptation return so far
+      checkpoints/previous.pt  the checkpoint latest.pt replaced (a fallback if it is damaged)
       eval/                  evaluation results
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -27,6 +29,7 @@ from typing import Any, Mapping
 import torch
 
 CHECKPOINT_VERSION = 1
+CONFIG_FORMAT = 1  # format of config.json; bumped on incompatible changes
 
 
 class RunDirError(ValueError):
@@ -53,28 +56,69 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
-    """``torch.save`` of ``state`` (plus a format version), atomically."""
+CHECKPOINT_MAGIC = b"ADAPTBED-CHECKPOINT\n"
+
+
+def save_checkpoint(path: Path, state: Mapping[str, Any], keep_previous: bool = False) -> None:
+    """``torch.save`` of ``state`` behind a magic line and a SHA-256 of the payload, atomically.
+
+    With ``keep_previous`` the checkpoint being replaced is kept as ``previous.pt`` beside it,
+    so a checkpoint damaged after it was written still leaves a good one to resume from.
+    """
     buffer = io.BytesIO()
     torch.save({"version": CHECKPOINT_VERSION, **state}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    payload = buffer.getvalue()
+    data = CHECKPOINT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+    if keep_previous and path.exists():
+        atomic_write_bytes(path.with_name(".incoming-" + path.name), data)
+        os.replace(path, path.with_name("previous.pt"))
+        os.replace(path.with_name(".incoming-" + path.name), path)
+    else:
+        atomic_write_bytes(path, data)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` onto the CPU.
+    """Load a checkpoint written by :func:`save_checkpoint` onto the CPU, checking its checksum.
 
     Raises:
-        RunDirError: missing, unreadable or of another format version.
+        RunDirError: missing, truncated, corrupted (checksum mismatch) or of another version.
     """
     if not path.exists():
         raise RunDirError(f"no checkpoint at {path}")
+    data = path.read_bytes()
+    header_end = len(CHECKPOINT_MAGIC) + 65
+    if not data.startswith(CHECKPOINT_MAGIC) or len(data) < header_end:
+        raise RunDirError(f"checkpoint {path} is not an adaptbed checkpoint (or is truncated)")
+    digest, payload = data[len(CHECKPOINT_MAGIC):header_end - 1].decode(errors="replace"), data[header_end:]
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise RunDirError(f"checkpoint {path} is corrupted (checksum mismatch)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated or corrupted file
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means unusable
         raise RunDirError(f"checkpoint {path} is unreadable ({type(err).__name__})") from None
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        raise RunDirError(f"checkpoint {path} has an unknown format")
+        raise RunDirError(f"checkpoint {path} has format version {state.get('version')!r}; "
+                          f"this adaptbed reads version {CHECKPOINT_VERSION}")
     return state
+
+
+def load_latest_checkpoint(checkpoints: Path) -> tuple[dict[str, Any], str | None]:
+    """The newest good checkpoint of a run: ``latest.pt``, else ``previous.pt``.
+
+    Returns:
+        the state, and a one-line warning when ``latest.pt`` was unusable.
+    Raises:
+        RunDirError: neither is usable (the message names both problems).
+    """
+    try:
+        return load_checkpoint(checkpoints / "latest.pt"), None
+    except RunDirError as latest_error:
+        try:
+            state = load_checkpoint(checkpoints / "previous.pt")
+        except RunDirError as previous_error:
+            raise RunDirError(f"{latest_error}; {previous_error}") from None
+        return state, (f"{latest_error}; resuming from previous.pt "
+                       f"(iteration {state['iteration']})")
 
 
 def environment_info() -> dict[str, Any]:

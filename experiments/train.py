@@ -8,7 +8,9 @@ log -> checkpoint. Everything it calls is importable and tested on its own.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import os
 import json
 import math
 import signal
@@ -28,11 +30,12 @@ from envs.registry import family, make
 from envs.vector import TaskVectorEnv, make_vector_env
 from experiments import config as cfglib
 from experiments.presets import get_preset
-from experiments.rundir import (CsvLog, RunDirError, atomic_write_text, environment_info,
-                                load_checkpoint, read_json, save_checkpoint)
-from meta.adaptation import AdvantageSettings, collect_meta_batch, step_seeds
+from experiments.rundir import (CONFIG_FORMAT, CsvLog, RunDirError, atomic_write_text,
+                                environment_info, load_latest_checkpoint, read_json,
+                                save_checkpoint)
+from meta.adaptation import AdvantageSettings, NumericalFault, collect_meta_batch, step_seeds
 from meta.maml import InnerLoop
-from meta.outer import OuterOptimizer, make_outer
+from meta.outer import MetaBatch, OuterOptimizer, make_outer
 
 # The inner-loop form `maml.inner_batching=auto` uses per device. CPU: measured with
 # `python -m experiments.bench_inner` on 2 cores (README): the per-task loop took 0.14 s against
@@ -103,12 +106,16 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
     Returns the metrics of the last iteration.
     """
     parts = build(cfg)
-    start, env_steps, best = 0, 0, -math.inf
+    start, env_steps, best, rejected = 0, 0, -math.inf, 0
     if resume:
-        state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+        state, warning = load_latest_checkpoint(run_dir / "checkpoints")
+        if warning:
+            print(f"adaptbed train: warning: {warning}", file=sys.stderr)
         parts.policy.load_state_dict(state["policy"])
         parts.outer.load_state_dict(state["outer"])
         start, env_steps, best = state["iteration"], state["env_steps"], state["best_return"]
+        rejected = state.get("rejected_steps", 0)
+    failures = 0  # consecutive rejected outer steps
     logger = RunLogger(run_dir, cfg, start)
     progress = Progress(cfg.run.iterations, start, enabled=not cfg.run.quiet)
     stop = StopRequest()
@@ -118,12 +125,26 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
             started = time.perf_counter()
             tasks = iteration_tasks(parts.task_source, cfg, iteration)
             seeds = step_seeds(cfg.run.seed, iteration, parts.inner.num_steps + 1)
-            batch, metrics = collect_meta_batch(
-                parts.venv, parts.policy, dict(parts.policy.named_parameters()), tasks,
-                parts.inner, cfg.maml.episodes_per_task, parts.advantages, seeds)
+            try:
+                batch, metrics = collect_meta_batch(
+                    parts.venv, parts.policy, dict(parts.policy.named_parameters()), tasks,
+                    parts.inner, cfg.maml.episodes_per_task, parts.advantages, seeds)
+            except NumericalFault as err:  # nothing to learn from: skip the outer step
+                batch, metrics, fault = None, faulty_metrics(parts.inner.num_steps), str(err)
             update_started = time.perf_counter()
-            metrics.update(parts.outer.step(batch))
+            good = snapshot(parts)
+            if batch is not None:
+                metrics.update(parts.outer.step(batch))
+                fault = numerical_fault(metrics, batch, parts.policy)
             metrics["seconds_updating"] = time.perf_counter() - update_started
+            if fault:  # never let a non-finite value reach the parameters or a checkpoint
+                restore(parts, good)
+                rejected, failures = rejected + 1, failures + 1
+                print(f"adaptbed train: iteration {iteration}: outer step rejected ({fault}); "
+                      f"parameters kept", file=sys.stderr)
+            else:
+                failures = 0
+            metrics["rejected_steps"] = float(rejected)
             env_steps += int(metrics["env_steps"])
             metrics = summarize(metrics, parts.inner.num_steps, env_steps,
                                 time.perf_counter() - started)
@@ -131,15 +152,21 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
             post = metrics[f"return_step_{parts.inner.num_steps}"]
             state = {"policy": parts.policy.state_dict(), "outer": parts.outer.state_dict(),
                      "iteration": iteration + 1, "env_steps": env_steps,
-                     "best_return": max(best, post), "metrics": metrics}
-            if post > best:
+                     "best_return": max(best, post), "rejected_steps": rejected,
+                     "metrics": metrics}
+            if post > best and not fault:
                 best = post
                 save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
             last = iteration + 1 == cfg.run.iterations
             stopping = stop.requested  # read once: checkpoint and stop on the same answer
             if (iteration + 1) % cfg.run.checkpoint_every == 0 or last or stopping:
-                save_checkpoint(run_dir / "checkpoints" / "latest.pt", state)
+                save_checkpoint(run_dir / "checkpoints" / "latest.pt", state, keep_previous=True)
             progress.update(metrics, parts.inner.num_steps)
+            if failures >= cfg.run.max_consecutive_failures:
+                raise TrainingDiverged(
+                    f"{failures} outer steps in a row were rejected for non-finite values "
+                    f"(last: {fault}); the last good parameters are in {run_dir / 'checkpoints'}. "
+                    "Lower the learning rates or max_kl, or check the rewards")
             if stopping and not last:
                 print(f"adaptbed train: stopped by {stopping} after iteration {iteration + 1}; "
                       f"continue with --resume --run-dir {run_dir}", file=sys.stderr)
@@ -150,6 +177,54 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
         logger.close()
         parts.venv.close()
     return metrics
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive outer steps were rejected for non-finite values."""
+
+
+def snapshot(parts: Components) -> tuple[dict, dict]:
+    """Copies of the policy parameters and outer-optimizer state, to undo a bad step."""
+    return (copy.deepcopy(parts.policy.state_dict()), copy.deepcopy(parts.outer.state_dict()))
+
+
+def restore(parts: Components, saved: tuple[dict, dict]) -> None:
+    parts.policy.load_state_dict(saved[0])
+    parts.outer.load_state_dict(saved[1])
+
+
+def numerical_fault(metrics: dict[str, float], batch: MetaBatch, policy: nn.Module) -> str | None:
+    """What is non-finite after an outer step (returns, advantages, losses, parameters), if any."""
+    for episodes in [*batch.train, batch.valid]:
+        valid = episodes.mask > 0
+        if not torch.isfinite(episodes.rewards[valid]).all():
+            return "non-finite rewards"
+        if not torch.isfinite(episodes.advantages[valid]).all():
+            return "non-finite advantages"
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:
+        return f"non-finite {', '.join(sorted(bad))}"
+    if not all(torch.isfinite(p).all() for p in policy.parameters()):
+        return "non-finite parameters"
+    return None
+
+
+def faulty_metrics(num_steps: int) -> dict[str, float]:
+    """The metrics of an iteration whose episodes were unusable (returns unknown: NaN)."""
+    metrics = {f"return_step_{k}": math.nan for k in range(num_steps + 1)}
+    metrics.update(env_steps=0.0, unstable_episodes=0.0, seconds_sampling=0.0,
+                   seconds_adapting=0.0, loss_before=math.nan, loss_after=math.nan,
+                   kl=math.nan, accepted=0.0)
+    return metrics
+
+
+def resident_memory_mb() -> float:
+    """Current resident memory of this process in MiB (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 class StopRequest:
@@ -180,6 +255,7 @@ def summarize(metrics: dict[str, float], num_steps: int, env_steps: int,
     out["env_steps_total"] = float(env_steps)
     out["env_steps_per_second"] = metrics["env_steps"] / max(metrics["seconds_sampling"], 1e-9)
     out["seconds_iteration"] = seconds
+    out["rss_mb"] = resident_memory_mb()
     return out
 
 
@@ -195,6 +271,8 @@ TAGS = {  # metric key -> TensorBoard tag
     "env_steps_total": "charts/env_steps",
     "env_steps_per_second": "charts/env_steps_per_second",
     "unstable_episodes": "charts/unstable_episodes",
+    "rss_mb": "charts/resident_memory_mb",
+    "rejected_steps": "health/rejected_steps",
     "seconds_sampling": "time/sampling_s",
     "seconds_adapting": "time/adapting_s",
     "seconds_updating": "time/updating_s",
@@ -209,7 +287,7 @@ def tag_of(key: str) -> str | None:
 
 
 TIMING_KEYS = ("seconds_sampling", "seconds_adapting", "seconds_updating", "seconds_iteration",
-               "env_steps_per_second")
+               "env_steps_per_second", "rss_mb")
 
 
 class RunLogger:
@@ -301,7 +379,11 @@ def resolve(args: argparse.Namespace) -> tuple[cfglib.Config, Path]:
         run_dir = Path(args.run_dir)
         if not (run_dir / "config.json").exists():
             raise RunDirError(f"{run_dir} holds no run to resume (no config.json)")
-        saved = cfglib.from_dict(read_json(run_dir / "config.json")["config"])
+        doc = read_json(run_dir / "config.json")
+        if doc.get("format") != CONFIG_FORMAT:
+            raise RunDirError(f"{run_dir / 'config.json'} has format {doc.get('format')!r}; this "
+                              f"adaptbed reads format {CONFIG_FORMAT} (written by another version)")
+        saved = cfglib.from_dict(doc["config"])
         changeable = [f for f in flags if f.split("=")[0] in
                       ("run.iterations", "run.quiet", "run.device", "run.run_dir")]
         if args.overrides or len(changeable) != len(flags):
@@ -327,7 +409,8 @@ def prepare_run_dir(cfg: cfglib.Config, run_dir: Path, resume: bool) -> None:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise RunDirError(f"cannot create run directory {run_dir}: {err.strerror}") from None
-    doc = {"config": cfglib.to_dict(cfg), "environment": environment_info(),
+    doc = {"format": CONFIG_FORMAT, "config": cfglib.to_dict(cfg),
+           "environment": environment_info(),
            "family": family(cfg.env.family).env_id}
     atomic_write_text(config_path, json.dumps(doc, indent=2))
 
@@ -336,8 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         cfg, run_dir = resolve(args)
-        if args.resume:  # a missing or unreadable checkpoint: a one-line error, not a traceback
-            load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+        if args.resume:  # no usable checkpoint: a one-line error, not a traceback
+            load_latest_checkpoint(run_dir / "checkpoints")
         prepare_run_dir(cfg, run_dir, args.resume)
     except (cfglib.ConfigError, RunDirError) as err:
         print(f"adaptbed train: error: {err}", file=sys.stderr)
@@ -345,7 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not cfg.run.quiet:
         print(f"run directory: {run_dir}   (tensorboard --logdir {run_dir / 'tb'})",
               file=sys.stderr)
-    metrics = train(cfg, run_dir, resume=args.resume)
+    try:
+        metrics = train(cfg, run_dir, resume=args.resume)
+    except TrainingDiverged as err:
+        print(f"adaptbed train: error: {err}", file=sys.stderr)
+        return 1
     if metrics:
         k = cfg.maml.num_inner_steps
         print(json.dumps({"run_dir": str(run_dir), "return_before": metrics["return_step_0"],

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from envs.vector import TaskVectorEnv
@@ -19,6 +20,19 @@ from meta.episodes import Episodes
 from meta.maml import InnerLoop, adapt, detached, with_advantages
 from meta.outer import MetaBatch
 from meta.sampler import sample_episodes
+
+
+class NumericalFault(FloatingPointError):
+    """Sampled episodes hold non-finite rewards or advantages (the batch is unusable)."""
+
+
+def check_finite(episodes: Episodes, what: str) -> None:
+    """Raise :class:`NumericalFault` if a valid step has a non-finite reward or advantage."""
+    valid = episodes.mask > 0
+    for name in ("rewards", "advantages"):
+        values = getattr(episodes, name)
+        if values is not None and not bool(torch.isfinite(values[valid]).all()):
+            raise NumericalFault(f"non-finite {name} in the {what} episodes")
 
 
 @dataclass(frozen=True)
@@ -46,6 +60,8 @@ def collect_meta_batch(venv: TaskVectorEnv, policy: nn.Module, params: Mapping[s
     Args:
         params: the base parameters ``theta`` (not modified).
         seeds: ``inner.num_steps + 1`` seeds, one per sampling round.
+    Raises:
+        NumericalFault: some episodes hold non-finite rewards or advantages.
     Returns:
         the :class:`MetaBatch` (every batch with advantages) and metrics:
         ``return_step_k`` (mean episode return after ``k`` inner steps), ``env_steps``,
@@ -65,6 +81,7 @@ def collect_meta_batch(venv: TaskVectorEnv, policy: nn.Module, params: Mapping[s
         episodes = with_advantages(episodes, advantages.gamma, advantages.gae_lambda,
                                    advantages.bootstrap_truncated)
         metrics["seconds_sampling"] += time.perf_counter() - start
+        check_finite(episodes, f"step-{k}")
         metrics[f"return_step_{k}"] = episodes.mean_return()
         metrics["env_steps"] += episodes.env_steps
         metrics["unstable_episodes"] += float(episodes.unstable.sum())

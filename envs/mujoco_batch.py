@@ -1,0 +1,513 @@
+"""A batched simulator for the MuJoCo task families: one object steps a whole meta-batch.
+
+:class:`MujocoBatchEnv` implements the :class:`envs.vector.TaskVectorEnv` protocol for every
+MuJoCo family (HalfCheetahVel/Dir, AntVel/Dir/Dir2D/Goal, HopperRandParams,
+Walker2dRandParams) and simulates *the same* environment as the registered single Gymnasium
+env, step for step, so that it gives bit-for-bit the episodes of
+:class:`envs.vector.SyncTaskVectorEnv` for the same seed, tasks and actions.
+
+How it steps:
+    Every environment keeps its own persistent ``MjData`` (so MuJoCo's solver warm start
+    ``qacc_warmstart`` carries over between steps exactly as in the single env). One ``step``
+    splits the running environments into contiguous chunks that a thread pool advances with
+    ``mj_step(model, data, nstep=frame_skip)`` (plus ``mj_rnePostConstraint`` for the Ant, whose
+    observation and reward use the contact forces ``cfrc_ext``); MuJoCo releases the GIL inside
+    ``mj_step``, so the chunks run on all cores. The per-environment Python work is one control
+    write and one or two MuJoCo calls; the state (``qpos``, ``qvel``, torso position, contact
+    forces, warning counters) is gathered with one ``numpy.array`` over cached views per field,
+    and observations, rewards, terminations and divergence flags are computed for the whole
+    batch with numpy. (``mujoco.rollout`` was measured as well: it cannot carry the warm start
+    from one call to the next nor return ``cfrc_ext``, so its trajectories differ from the
+    single env's; see ``experiments/bench.py`` for the measured throughput.)
+
+One definition of the environment:
+    Task validation is the single env's ``coerce_task``; the reset noise is drawn by the single
+    env's own ``reset(seed)`` (a prototype env, whose initial ``qpos``/``qvel`` are copied into
+    the environment's ``MjData`` before ``mj_forward``, as ``MujocoEnv.set_state`` does); the
+    RandParams models are copies of the prototype's model after its own ``set_task`` (one
+    model per distinct task, shared by the environments running that task); reward weights,
+    health ranges and frame skips are read from the single envs' modules and instances. The
+    vectorised reward and observation formulas below repeat the single envs' arithmetic in the
+    same order, which ``tests/envs/test_mujoco_batch.py`` checks bit for bit.
+
+Divergence:
+    As in :mod:`envs.mujoco_base`: a step is *unstable* when MuJoCo raised one of its
+    bad-qpos/qvel/qacc warnings during it (the counters are compared with their values before
+    the step) or the state, observation or reward is not finite; the step then returns the
+    observation with non-finite entries replaced by 0, reward 0, ``terminated = False``,
+    ``truncated = True`` and ``unstable = True``, and the environment is frozen.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Sequence
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+import torch
+from gymnasium.envs.mujoco.ant_v5 import AntEnv
+from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+from gymnasium.envs.mujoco.hopper_v5 import HopperEnv
+from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
+from torch import Tensor
+
+from envs import ant, half_cheetah, rand_params
+from envs.mujoco_base import DIVERGENCE_WARNINGS
+from envs.registry import family, make
+from envs.vector import VectorStep
+
+#: Thread names of the stepping pool (``threading.enumerate()`` shows them while it runs).
+THREAD_PREFIX = "mujoco-batch"
+#: Chunks per thread of one step: small enough to balance uneven envs (contacts), large enough
+#: that dispatch costs nothing.
+CHUNKS_PER_THREAD = 4
+
+#: ``(velocity [B, 2], position [B, 2], task values [B, K]) -> task reward term [B]``.
+TaskTerm = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+# --- the task terms of the rewards, as in the single envs (same operations, same order) ---------
+def _cheetah_vel(vel: np.ndarray, pos: np.ndarray, task: np.ndarray) -> np.ndarray:
+    """``-|v_x - v_goal|`` (``HalfCheetahVel._forward_reward``)."""
+    return -np.abs(vel[:, 0] - task[:, 0])
+
+
+def _direction_x(vel: np.ndarray, pos: np.ndarray, task: np.ndarray) -> np.ndarray:
+    """``direction * v_x`` (``HalfCheetahDir._forward_reward``, ``AntDir._task_reward``)."""
+    return task[:, 0] * vel[:, 0]
+
+
+def _ant_vel(vel: np.ndarray, pos: np.ndarray, task: np.ndarray) -> np.ndarray:
+    """``-|v_x - v_goal| + 1`` (``AntVel._task_reward``)."""
+    return -np.abs(vel[:, 0] - task[:, 0]) + 1.0
+
+
+def _ant_dir_2d(vel: np.ndarray, pos: np.ndarray, task: np.ndarray) -> np.ndarray:
+    """``d . v_xy`` (``AntDir2D._task_reward``)."""
+    return task[:, 0] * vel[:, 0] + task[:, 1] * vel[:, 1]
+
+
+def _ant_goal(vel: np.ndarray, pos: np.ndarray, task: np.ndarray) -> np.ndarray:
+    """``-|xy - goal|_1 + 4`` (``AntGoal._task_reward``)."""
+    return -(np.abs(pos[:, 0] - task[:, 0]) + np.abs(pos[:, 1] - task[:, 1])) + 4.0
+
+
+def _forward_x(vel: np.ndarray, pos: np.ndarray, task: np.ndarray) -> np.ndarray:
+    """``v_x`` (``_RandParamsEnv._get_rew``)."""
+    return vel[:, 0]
+
+
+#: family class -> (task term, the task's values as a tuple of floats).
+TASK_TERMS: dict[type, tuple[TaskTerm, Callable[[Any], tuple[float, ...]]]] = {
+    half_cheetah.HalfCheetahVel: (_cheetah_vel, lambda t: (float(t.velocity),)),
+    half_cheetah.HalfCheetahDir: (_direction_x, lambda t: (float(t.direction),)),
+    ant.AntVel: (_ant_vel, lambda t: (float(t.velocity),)),
+    ant.AntDir: (_direction_x, lambda t: (float(t.direction),)),
+    ant.AntDir2D: (_ant_dir_2d, lambda t: tuple(float(d) for d in t.direction)),
+    ant.AntGoal: (_ant_goal, lambda t: tuple(float(g) for g in t.goal)),
+    rand_params.HopperRandParams: (_forward_x, lambda t: ()),
+    rand_params.Walker2dRandParams: (_forward_x, lambda t: ()),
+}
+
+
+def supports(family_name: str) -> bool:
+    """Whether :class:`MujocoBatchEnv` simulates the family given by name, id or preset."""
+    spec = family(family_name)
+    module, cls = spec.entry_point.split(":")
+    return any(t.__module__ == module and t.__name__ == cls for t in TASK_TERMS)
+
+
+def default_threads() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# --- the robots: observation, reward assembly, health --------------------------------------------
+class _Robot:
+    """What one Gymnasium v5 robot contributes: observation, costs, health (batched).
+
+    Args:
+        proto: an unwrapped single env of the family, for its configured constants.
+    """
+
+    contacts = False  # whether cfrc_ext is needed (mj_rnePostConstraint after each step)
+    position_body: int | None = None  # body whose xpos[:2] measures the velocity; None: qpos[0]
+
+    def __init__(self, proto: Any):
+        self.proto = proto
+
+    def observe(self, qpos: np.ndarray, qvel: np.ndarray, cfrc: np.ndarray | None) -> np.ndarray:
+        """Observations ``[B, D]`` (float64) from ``qpos [B, nq]``, ``qvel [B, nv]``."""
+        raise NotImplementedError
+
+    def reward(self, task_term: np.ndarray, actions: np.ndarray,
+               cfrc: np.ndarray | None) -> np.ndarray:
+        """Rewards ``[B]`` from the task term ``[B]`` and the actions ``[B, A]`` (float64)."""
+        raise NotImplementedError
+
+    def healthy(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+        """``[B]`` bool: the v5 health condition (always true for robots that never fall)."""
+        return np.ones(len(qpos), dtype=bool)
+
+    def terminated(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+        """``[B]`` bool: unhealthy and the env terminates when unhealthy."""
+        if not getattr(self.proto, "_terminate_when_unhealthy", False):
+            return np.zeros(len(qpos), dtype=bool)
+        return ~self.healthy(qpos, qvel)
+
+
+def _ctrl_sq(actions: np.ndarray) -> np.ndarray:
+    """``sum_i a_i^2`` per row ``[B]`` (the same pairwise sum as on one action)."""
+    return np.sum(np.square(actions), axis=1)
+
+
+class _Cheetah(_Robot):
+    def observe(self, qpos, qvel, cfrc):
+        return np.concatenate((qpos[:, 1:], qvel), axis=1)
+
+    def reward(self, task_term, actions, cfrc):
+        return task_term - half_cheetah.CTRL_COST_WEIGHT * _ctrl_sq(actions)
+
+
+class _Ant(_Robot):
+    contacts = True
+
+    def __init__(self, proto: Any):
+        super().__init__(proto)
+        self.position_body = int(proto.data.body(proto._main_body).id)
+        self.low, self.high = proto._contact_force_range
+        self.min_z, self.max_z = proto._healthy_z_range
+
+    def contact_forces(self, cfrc: np.ndarray) -> np.ndarray:
+        """``clip(cfrc_ext, low, high)`` ``[B, nbody, 6]`` (``AntEnv.contact_forces``)."""
+        return np.clip(cfrc, self.low, self.high)
+
+    def observe(self, qpos, qvel, cfrc):
+        forces = self.contact_forces(cfrc)[:, 1:].reshape(len(qpos), -1)
+        return np.concatenate((qpos[:, 2:], qvel, forces), axis=1)
+
+    def reward(self, task_term, actions, cfrc):
+        ctrl_cost = ant.CTRL_COST_WEIGHT * _ctrl_sq(actions)
+        forces = self.contact_forces(cfrc).reshape(len(cfrc), -1)
+        contact_cost = ant.CONTACT_COST_WEIGHT * np.sum(np.square(forces), axis=1)
+        return task_term - ctrl_cost - contact_cost + ant.SURVIVE_REWARD
+
+    def healthy(self, qpos, qvel):
+        finite = np.isfinite(qpos).all(axis=1) & np.isfinite(qvel).all(axis=1)
+        z = qpos[:, 2]
+        return finite & (self.min_z <= z) & (z <= self.max_z)
+
+
+class _Planar(_Robot):
+    """Hopper and Walker2d: ``qpos[1:]``, ``clip(qvel, -10, 10)``; height and angle health."""
+
+    def __init__(self, proto: Any):
+        super().__init__(proto)
+        self.min_z, self.max_z = proto._healthy_z_range
+        self.min_angle, self.max_angle = proto._healthy_angle_range
+
+    def observe(self, qpos, qvel, cfrc):
+        return np.concatenate((qpos[:, 1:], np.clip(qvel, -10, 10)), axis=1)
+
+    def reward(self, task_term, actions, cfrc):
+        return task_term + rand_params.ALIVE_BONUS - rand_params.CTRL_COST_WEIGHT * _ctrl_sq(actions)
+
+    def healthy(self, qpos, qvel):
+        z, angle = qpos[:, 1], qpos[:, 2]
+        return ((self.min_z < z) & (z < self.max_z)
+                & (self.min_angle < angle) & (angle < self.max_angle))
+
+
+class _Hopper(_Planar):
+    def __init__(self, proto: Any):
+        super().__init__(proto)
+        self.min_state, self.max_state = proto._healthy_state_range
+
+    def healthy(self, qpos, qvel):
+        state = np.concatenate((qpos, qvel), axis=1)[:, 2:]
+        in_range = np.all((self.min_state < state) & (state < self.max_state), axis=1)
+        return in_range & super().healthy(qpos, qvel)
+
+
+def _robot(proto: Any) -> _Robot:
+    for base, robot in ((HalfCheetahEnv, _Cheetah), (AntEnv, _Ant), (HopperEnv, _Hopper),
+                        (Walker2dEnv, _Planar)):
+        if isinstance(proto, base):
+            return robot(proto)
+    raise ValueError(f"no batched simulator for {type(proto).__name__}")
+
+
+# --- the simulator --------------------------------------------------------------------------------
+class MujocoBatchEnv:
+    """All environments of a meta-batch of one MuJoCo family, stepped together on all cores.
+
+    Implements :class:`envs.vector.TaskVectorEnv` with the semantics of
+    :class:`envs.vector.SyncTaskVectorEnv`: one episode per ``reset``; an environment that
+    terminates, is truncated at ``horizon`` or diverges is frozen (zeros) until the next
+    ``reset``.
+
+    Args:
+        family_name: a MuJoCo family's name, id or preset.
+        num_envs: ``B``, the number of environments.
+        device: where the returned tensors live.
+        horizon: episode length (default: the family's).
+        num_threads: stepping threads (default: the cores this process may use); 1 steps on
+            the calling thread.
+    Raises:
+        ValueError: ``num_envs`` or ``num_threads`` below 1, or a family this class does not
+            simulate (Navigation2D).
+    """
+
+    def __init__(self, family_name: str, num_envs: int, device: torch.device | str = "cpu",
+                 horizon: int | None = None, num_threads: int | None = None):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be positive, got {num_envs}")
+        spec = family(family_name)
+        if not supports(spec.name):
+            raise ValueError(f"the mujoco backend does not simulate {spec.name}")
+        threads = default_threads() if num_threads is None else num_threads
+        if threads < 1:
+            raise ValueError(f"num_threads must be positive, got {num_threads}")
+        self.family = spec.name
+        self.num_envs = num_envs
+        self.horizon = spec.horizon if horizon is None else horizon
+        self.device = torch.device(device)
+        self.num_threads = min(threads, num_envs)
+        self._proto = make(spec.name).unwrapped
+        self.observation_space: gym.Space = self._proto.observation_space
+        self.action_space: gym.Space = self._proto.action_space
+        self._robot = _robot(self._proto)
+        self._task_term, self._task_values = TASK_TERMS[type(self._proto)]
+        self._per_task_models = isinstance(self._proto, rand_params._RandParamsEnv)
+        self._frame_skip = int(self._proto.frame_skip)
+        self._dt = self._proto.dt
+        base = copy.copy(self._proto.model)  # the default task's model
+        self._models: list[mujoco.MjModel] = [base] * num_envs
+        self._task_models: dict[Any, mujoco.MjModel] = {}
+        self._datas = [mujoco.MjData(base) for _ in range(num_envs)]
+        self._views = _Views(self._datas, self._robot)
+        self._tasks: list[Any] = [self._proto.get_task()] * num_envs
+        self._params = np.array([self._task_values(t) for t in self._tasks], dtype=np.float64)
+        self._params = self._params.reshape(num_envs, -1)
+        self._running = np.zeros(num_envs, dtype=bool)
+        self._position = np.zeros((num_envs, 2))
+        self._warnings = np.zeros((num_envs, len(DIVERGENCE_WARNINGS)), dtype=np.int64)
+        self._t = 0
+        self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
+        if self.num_threads > 1:
+            self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix=THREAD_PREFIX)
+
+    # --- tasks ---------------------------------------------------------------------------------
+    def set_tasks(self, tasks: Sequence) -> None:
+        """One task per environment (validated by the single env's ``coerce_task``).
+
+        Raises:
+            ValueError: ``len(tasks) != num_envs``.
+            TaskError: a task of the wrong type or outside the family's valid range.
+        """
+        if len(tasks) != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} tasks, got {len(tasks)}")
+        coerced = [self._proto.coerce_task(task) for task in tasks]
+        if self._per_task_models:
+            self._models = self._models_for(coerced)
+        values = [self._task_values(task) for task in coerced]
+        self._params = np.array(values, dtype=np.float64).reshape(self.num_envs, -1)
+        self._tasks = coerced
+
+    def get_tasks(self) -> list:
+        """The task of every environment."""
+        return list(self._tasks)
+
+    def _models_for(self, tasks: list) -> list[mujoco.MjModel]:
+        """One model per distinct task: the prototype's model after its own ``set_task``."""
+        models: dict[Any, mujoco.MjModel] = {}
+        for task in tasks:
+            if task not in models:
+                model = self._task_models.get(task)
+                if model is None:
+                    self._proto.set_task(task)
+                    model = copy.copy(self._proto.model)
+                models[task] = model
+        self._task_models = models
+        return [models[task] for task in tasks]
+
+    # --- episodes ------------------------------------------------------------------------------
+    def reset(self, seed: int) -> Tensor:
+        """Start one episode in every environment, seeded as ``SyncTaskVectorEnv.reset``.
+
+        Environment ``i`` gets ``reset(seed=s_i)`` of the single env, with
+        ``s = np.random.SeedSequence(seed).generate_state(num_envs)``.
+
+        Returns:
+            observations ``[B, D]`` (float32) on ``device``.
+        """
+        self._check_open()
+        seeds = np.random.SeedSequence(seed).generate_state(self.num_envs)
+        qpos = np.empty((self.num_envs, self._proto.model.nq))
+        qvel = np.empty((self.num_envs, self._proto.model.nv))
+        for i, s in enumerate(seeds):  # the single env's own reset noise
+            self._proto.reset(seed=int(s))
+            qpos[i], qvel[i] = self._proto.data.qpos, self._proto.data.qvel
+        self._map(lambda idx: self._reset_chunk(idx, qpos, qvel), np.arange(self.num_envs))
+        state = self._views.gather()
+        self._warnings = state.warnings
+        self._position = self._positions(state)
+        self._running[:] = True
+        self._t = 0
+        obs = self._robot.observe(state.qpos, state.qvel, state.cfrc)
+        return torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+
+    def step(self, actions: Tensor) -> VectorStep:
+        """Apply ``actions [B, A]`` to every running environment.
+
+        Raises:
+            ValueError: ``actions`` is not ``[B, A]``, or a running environment's action holds
+                NaN or infinity (nothing is simulated then).
+        """
+        self._check_open()
+        acts = self._check_actions(actions)
+        self._t += 1
+        running = self._running.copy()
+        self._map(lambda idx: self._step_chunk(idx, acts), np.flatnonzero(running))
+        state = self._views.gather()
+        position = self._positions(state)
+        with np.errstate(all="ignore"):  # frozen or diverged rows may hold anything
+            velocity = (position - self._position) / self._dt
+            term = self._task_term(velocity, position, self._params)
+            rew = self._robot.reward(term, acts, state.cfrc)
+            obs = self._robot.observe(state.qpos, state.qvel, state.cfrc)
+            terminated = self._robot.terminated(state.qpos, state.qvel)
+        warned = (state.warnings > self._warnings).any(axis=1)
+        unstable = (warned | ~np.isfinite(state.qpos).all(axis=1)
+                    | ~np.isfinite(state.qvel).all(axis=1) | ~np.isfinite(obs).all(axis=1)
+                    | ~np.isfinite(rew))
+        obs[unstable] = np.nan_to_num(obs[unstable], nan=0.0, posinf=0.0, neginf=0.0)
+        rew[unstable] = 0.0
+        terminated &= ~unstable
+        truncated = unstable | ((self._t >= self.horizon) & ~terminated)
+        frozen = ~running
+        obs[frozen], rew[frozen] = 0.0, 0.0
+        terminated[frozen] = truncated[frozen] = unstable[frozen] = False
+        self._running = running & ~(terminated | truncated)
+        self._warnings, self._position = state.warnings, position
+        return _to_step(obs, rew, terminated, truncated, unstable, self.device)
+
+    def close(self) -> None:
+        """Stop and join the stepping threads; the simulator cannot be used afterwards."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if not self._closed:
+            self._proto.close()
+        self._closed = True
+
+    def __enter__(self) -> "MujocoBatchEnv":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+    # --- internals ----------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this MujocoBatchEnv is closed")
+
+    def _check_actions(self, actions: Tensor) -> np.ndarray:
+        acts = np.asarray(torch.as_tensor(actions).detach().cpu().numpy(), dtype=np.float64)
+        shape = (self.num_envs, *self.action_space.shape)
+        if acts.shape != shape:
+            raise ValueError(f"actions must have shape {shape}, got {acts.shape}")
+        bad = self._running & ~np.isfinite(acts).all(axis=1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"action of env {i} must be finite, got {acts[i].tolist()}")
+        return acts
+
+    def _positions(self, state: "_State") -> np.ndarray:
+        """``[B, 2]``: what the velocity is measured on (x, 0) or the torso's (x, y)."""
+        if state.xpos is not None:
+            return state.xpos[:, :2].copy()
+        position = np.zeros((self.num_envs, 2))
+        position[:, 0] = state.qpos[:, 0]
+        return position
+
+    def _map(self, work: Callable[[np.ndarray], None], indices: np.ndarray) -> None:
+        """Run ``work`` on contiguous chunks of ``indices``, on the pool when there is one."""
+        if len(indices) == 0:
+            return
+        if self._pool is None:
+            work(indices)
+            return
+        chunks = np.array_split(indices, min(len(indices), self.num_threads * CHUNKS_PER_THREAD))
+        for _ in self._pool.map(work, chunks):  # re-raises a worker's exception
+            pass
+
+    def _reset_chunk(self, indices: np.ndarray, qpos: np.ndarray, qvel: np.ndarray) -> None:
+        """``mj_resetData``, the initial state, ``mj_forward``: ``MujocoEnv.reset`` per env."""
+        for i in indices:
+            model, data = self._models[i], self._datas[i]
+            mujoco.mj_resetData(model, data)
+            data.qpos[:] = qpos[i]
+            data.qvel[:] = qvel[i]
+            mujoco.mj_forward(model, data)
+
+    def _step_chunk(self, indices: np.ndarray, acts: np.ndarray) -> None:
+        """``MujocoEnv._step_mujoco_simulation`` per env (``cfrc_ext`` only where observed)."""
+        models, datas, ctrl = self._models, self._datas, self._views.ctrl
+        step, post, nstep = mujoco.mj_step, mujoco.mj_rnePostConstraint, self._frame_skip
+        contacts = self._robot.contacts
+        for i in indices:
+            ctrl[i][:] = acts[i]
+            step(models[i], datas[i], nstep)
+            if contacts:
+                post(models[i], datas[i])
+
+
+class _State:
+    """The gathered simulator state of all environments (float64 copies)."""
+
+    def __init__(self, qpos: np.ndarray, qvel: np.ndarray, warnings: np.ndarray,
+                 xpos: np.ndarray | None, cfrc: np.ndarray | None):
+        self.qpos, self.qvel, self.warnings, self.xpos, self.cfrc = qpos, qvel, warnings, xpos, cfrc
+
+
+class _Views:
+    """Cached numpy views into every ``MjData``; ``gather`` copies them into batch arrays."""
+
+    def __init__(self, datas: list[mujoco.MjData], robot: _Robot):
+        self.ctrl = [d.ctrl for d in datas]
+        self.qpos = [d.qpos for d in datas]
+        self.qvel = [d.qvel for d in datas]
+        self.warning = [d.warning.number for d in datas]
+        self.warning_ids = np.array([int(w) for w in DIVERGENCE_WARNINGS])
+        body = robot.position_body
+        self.xpos = None if body is None else [d.xpos[body] for d in datas]
+        self.cfrc = [d.cfrc_ext for d in datas] if robot.contacts else None
+
+    def gather(self) -> _State:
+        warnings = np.array(self.warning)[:, self.warning_ids].astype(np.int64)
+        return _State(np.array(self.qpos), np.array(self.qvel), warnings,
+                      None if self.xpos is None else np.array(self.xpos),
+                      None if self.cfrc is None else np.array(self.cfrc))
+
+
+def _to_step(obs: np.ndarray, rew: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
+             unstable: np.ndarray, device: torch.device) -> VectorStep:
+    def t(x: np.ndarray, dtype: torch.dtype) -> Tensor:
+        return torch.as_tensor(x, dtype=dtype, device=device)
+
+    return VectorStep(t(obs, torch.float32), t(rew, torch.float32), t(terminated, torch.bool),
+                      t(truncated, torch.bool), t(unstable, torch.bool))

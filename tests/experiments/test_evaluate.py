@@ -1,0 +1,363 @@
+"""``adaptbed evaluate``: the MAML paper's protocol on held-out tasks, every baseline, the
+outputs (JSON schema, CSV, PNG, TensorBoard) and the one-line errors of bad input.
+
+The run is tiny (2 tasks x 2 episodes, an 8 x 8 policy, 2 meta-iterations, ``fast_lr`` 0.07 so
+the step-size schedule is recognisable); the baselines are trained at tiny budgets in fixtures
+with ``experiments.baselines``. Runs use one torch thread (see tests/experiments/test_train.py).
+The learning test at the end (``slow``) trains navigation-2d with the CI-sized budget.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import meta.evaluation
+from envs.registry import make
+from envs.splits import get_split, split_to_json
+from envs.tasks import task_to_dict
+from envs.vector import make_vector_env
+from experiments import baselines, evaluate
+from experiments import config as cfglib
+from experiments.presets import get_preset
+from experiments.train import prepare_run_dir, train
+from meta.adaptation import AdvantageSettings
+from meta.evaluation import evaluate_adaptation, step_sizes
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["maml.meta_batch_size=2", "maml.episodes_per_task=2", "policy.hidden_sizes=8,8"]
+FAST_LR = 0.07
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def train_tiny(run_dir: Path, overrides: list[str] = ()) -> Path:
+    cfg = cfglib.apply_overrides(get_preset("navigation-2d"), [
+        *TINY, *overrides, "run.iterations=2", "run.quiet=true", f"run.run_dir={run_dir}"])
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        prepare_run_dir(cfg, run_dir, resume=False)
+        train(cfg, run_dir)
+    finally:
+        torch.set_num_threads(previous)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return train_tiny(tmp_path_factory.mktemp("eval") / "run", [f"maml.fast_lr={FAST_LR}"])
+
+
+@pytest.fixture(scope="module")
+def baseline_dir(tmp_path_factory) -> Path:
+    """Tiny pretrained and oracle baselines, trained by ``adaptbed baseline``."""
+    out = tmp_path_factory.mktemp("baselines")
+    assert baselines.main(["pretrained", "--preset", "navigation-2d", "--iterations", "2",
+                           "--out", str(out / "pretrained"), "--quiet", *TINY]) == 0
+    assert baselines.main(["oracle", "--preset", "navigation-2d", "--timesteps", "128",
+                           "--n-envs", "1", "--out", str(out / "oracle"), "--quiet"]) == 0
+    return out
+
+
+def run_evaluate(capsys, *argv) -> tuple[int, str, str]:
+    rc = evaluate.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def read_doc(run_dir: Path, split: str = "test") -> dict:
+    return json.loads((run_dir / "eval" / f"{split}.json").read_text())
+
+
+def assert_one_line_error(rc: int, err: str, *fragments: str) -> None:
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("adaptbed evaluate: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+# --- the protocol and its outputs ----------------------------------------------------------------
+def test_protocol_writes_the_documented_schema(run_dir, capsys):
+    rc, out, err = run_evaluate(capsys, run_dir, "--inner-steps", 2, "--quiet")
+    assert rc == 0, err
+    doc = read_doc(run_dir)
+    tasks = get_split("navigation-2d", "test")
+    assert doc["split"] == "test" and doc["family"] == "Navigation2D"
+    assert doc["tasks"] == [task_to_dict(t) for t in tasks]
+    assert list(doc["agents"]) == ["maml"]
+    maml = doc["agents"]["maml"]
+    assert maml["steps"] == [0, 1, 2] and maml["kind"] == "curve"
+    assert len(maml["mean"]) == len(maml["ci95"]) == 3
+    assert len(maml["per_task"]) == len(tasks) and all(len(r) == 3 for r in maml["per_task"])
+    values = [*maml["mean"], *maml["ci95"], *(v for r in maml["per_task"] for v in r)]
+    assert all(math.isfinite(v) for v in values)
+    assert all(c >= 0 for c in maml["ci95"])
+    assert maml["mean"] == pytest.approx(np.mean(maml["per_task"], axis=0).tolist())
+    assert doc["episodes_per_step"] == 2  # default: the run's maml.episodes_per_task
+    assert doc["seeds"] == [0] and doc["checkpoint"] == "latest"
+
+    # the CSV mirrors the JSON
+    rows = (run_dir / "eval" / "test.csv").read_text().splitlines()
+    assert rows[0] == "agent,step,mean,ci95" and len(rows) == 1 + 3
+    assert [float(r.split(",")[2]) for r in rows[1:]] == pytest.approx(maml["mean"])
+    # the plot is a PNG
+    assert (run_dir / "eval" / "test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the table: a header with the steps, one row per agent, the numbers of the JSON
+    header = next(line for line in out.splitlines() if line.startswith("agent"))
+    assert all(f"after {k} step" in header for k in range(3))
+    row = next(line for line in out.splitlines() if line.startswith("maml")).split()
+    assert [float(x) for x in row[1::3]] == pytest.approx(maml["mean"], abs=0.051)
+
+
+def test_tensorboard_scalars_per_agent_and_step(run_dir, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rc, _, err = run_evaluate(capsys, run_dir, "--inner-steps", 1, "--split", "ood",
+                              "--baselines", "random", "--max-tasks", 3, "--quiet")
+    assert rc == 0, err
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"eval/ood/maml", "eval/ood/random"} <= set(tags)
+    doc = read_doc(run_dir, "ood")
+    last = {}
+    for event in events.Scalars("eval/ood/random"):  # later evaluations append: keep the last
+        last[event.step] = event.value
+    assert sorted(last) == [0, 1]
+    assert [last[0], last[1]] == pytest.approx(doc["agents"]["random"]["mean"], rel=1e-5)
+
+
+def test_step_sizes_are_fast_lr_then_half(run_dir, capsys, monkeypatch):
+    assert step_sizes(0.1, 3) == (0.1, 0.05, 0.05)
+    assert step_sizes(FAST_LR, 1) == (FAST_LR,)
+    seen = []
+    real = meta.evaluation.InnerLoop
+
+    def recording(sizes, *args, **kwargs):
+        seen.append(tuple(sizes))
+        return real(sizes, *args, **kwargs)
+
+    monkeypatch.setattr(meta.evaluation, "InnerLoop", recording)
+    rc, _, err = run_evaluate(capsys, run_dir, "--inner-steps", 3, "--max-tasks", 4,
+                              "--seeds", 5, "--quiet")
+    assert rc == 0, err
+    assert seen == [(FAST_LR, FAST_LR / 2, FAST_LR / 2)]  # the run's fast_lr, not a default
+    doc = read_doc(run_dir)
+    assert doc["step_sizes"] == [FAST_LR, FAST_LR / 2, FAST_LR / 2]
+
+    # the same numbers as the protocol called by hand on the run's checkpoint
+    monkeypatch.undo()
+    run = evaluate.load_run(run_dir)
+    tasks = get_split("navigation-2d", "test")[:4]
+    venv = make_vector_env("navigation-2d", len(tasks) * 2)
+    manual = evaluate_adaptation(venv, run.policy, dict(run.policy.named_parameters()), tasks,
+                                 FAST_LR, 3, 2, AdvantageSettings(), seed=5)
+    assert doc["agents"]["maml"]["per_task"] == pytest.approx(manual["per_task"], rel=1e-5)
+
+
+def test_same_seed_same_result_different_seed_different(run_dir, capsys):
+    def curve(*seeds: int) -> dict:
+        rc, _, err = run_evaluate(capsys, run_dir, "--inner-steps", 1, "--max-tasks", 5,
+                                  "--baselines", "random", "--seeds", *seeds, "--quiet")
+        assert rc == 0, err
+        return read_doc(run_dir)["agents"]
+
+    first, again, other = curve(0), curve(0), curve(1)
+    assert first == again
+    assert first["maml"]["per_task"] != other["maml"]["per_task"]
+    assert first["random"]["per_task"] != other["random"]["per_task"]
+    # several seeds: each task's values are averaged over the seeds first (documented)
+    both = curve(0, 1)
+    for agent in ("maml", "random"):
+        expected = (np.asarray(first[agent]["per_task"]) + other[agent]["per_task"]) / 2
+        assert both[agent]["per_task"] == pytest.approx(expected.tolist())
+        assert both[agent]["mean"] == pytest.approx(expected.mean(axis=0).tolist())
+        assert both[agent]["ci95"] == pytest.approx(
+            [meta.evaluation.ci95(c) for c in expected.T.tolist()])
+        assert both[agent]["seed_means"] == pytest.approx([first[agent]["mean"],
+                                                           other[agent]["mean"]])
+
+
+def test_ood_split_evaluates_exactly_the_ood_tasks(run_dir, capsys):
+    rc, _, err = run_evaluate(capsys, run_dir, "--split", "ood", "--inner-steps", 1, "--quiet")
+    assert rc == 0, err
+    doc = read_doc(run_dir, "ood")
+    ood = get_split("navigation-2d", "ood")
+    assert doc["split"] == "ood" and doc["tasks"] == [task_to_dict(t) for t in ood]
+    assert len(doc["agents"]["maml"]["per_task"]) == len(ood) == 40
+    assert (run_dir / "eval" / "ood.csv").exists() and (run_dir / "eval" / "ood.png").exists()
+
+
+def test_split_file_of_the_family_works_and_of_another_family_fails(run_dir, tmp_path, capsys):
+    tasks = get_split("navigation-2d", "ood")[:3]
+    mine = tmp_path / "corners.json"
+    mine.write_text(split_to_json("navigation-2d", "corners", tasks))
+    rc, _, err = run_evaluate(capsys, run_dir, "--split", mine, "--inner-steps", 1, "--quiet")
+    assert rc == 0, err
+    doc = read_doc(run_dir, "corners")
+    assert doc["split"] == "corners" and doc["tasks"] == [task_to_dict(t) for t in tasks]
+
+    other = tmp_path / "cheetah.json"
+    other.write_text(split_to_json("halfcheetah-vel", "test",
+                                   get_split("halfcheetah-vel", "test")[:2]))
+    rc, _, err = run_evaluate(capsys, run_dir, "--split", other)
+    assert_one_line_error(rc, err, "HalfCheetahVel", "Navigation2D")
+    assert not (run_dir / "eval" / "cheetah.json").exists()
+
+
+def test_every_baseline_end_to_end(run_dir, baseline_dir, capsys):
+    rc, out, err = run_evaluate(capsys, run_dir, "--baselines", "pretrained,random,ppo,oracle",
+                                "--baseline-dir", baseline_dir, "--ppo-budgets", "1,10",
+                                "--inner-steps", 1, "--episodes-per-step", 1,
+                                "--max-tasks", 2, "--quiet")
+    assert rc == 0, err
+    doc = read_doc(run_dir)
+    agents = doc["agents"]
+    assert list(agents) == ["maml", "pretrained", "random", "ppo", "ppo_x10", "oracle"]
+    for name in ("maml", "pretrained", "random"):
+        assert agents[name]["steps"] == [0, 1] and agents[name]["kind"] == "curve", name
+    horizon = 100
+    for name, multiple in (("ppo", 1), ("ppo_x10", 10)):
+        assert agents[name]["steps"] == [1] and agents[name]["kind"] == "point", name
+        assert agents[name]["env_steps"] == multiple * 1 * 1 * horizon  # K * N * horizon
+    oracle = agents["oracle"]
+    assert oracle["kind"] == "flat" and oracle["steps"] == [0, 1]
+    assert oracle["mean"][0] == oracle["mean"][1]
+    for name, res in agents.items():
+        assert len(res["per_task"]) == 2, name
+        assert all(math.isfinite(v) for v in [*res["mean"], *res["ci95"]]), name
+    # the pretrained baseline is fine-tuned: its curve moves; the oracle's does not
+    assert agents["pretrained"]["per_task"][0][0] != agents["pretrained"]["per_task"][0][1]
+    assert all(line.split()[0] in agents for line in out.splitlines()
+               if line and line.split()[0] in ("maml", "pretrained", "random", "ppo", "oracle"))
+    assert (run_dir / "eval" / "test.png").stat().st_size > 0
+
+
+def test_a_pretrained_baseline_of_another_family_is_refused(run_dir, tmp_path, capsys):
+    assert baselines.main(["pretrained", "--preset", "halfcheetah-vel", "--iterations", "1",
+                           "--out", str(tmp_path / "pretrained"), "--quiet",
+                           "maml.meta_batch_size=1", "maml.episodes_per_task=1",
+                           "policy.hidden_sizes=4"]) == 0
+    capsys.readouterr()
+    rc, _, err = run_evaluate(capsys, run_dir, "--baselines", "pretrained",
+                              "--baseline-dir", tmp_path)
+    assert_one_line_error(rc, err, "HalfCheetahVel")
+
+
+# --- errors --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("baseline", ["pretrained", "oracle"])
+def test_missing_baseline_names_the_command_that_trains_it(run_dir, tmp_path, capsys, baseline):
+    rc, _, err = run_evaluate(capsys, run_dir, "--baselines", baseline,
+                              "--baseline-dir", tmp_path)
+    assert_one_line_error(rc, err, f"adaptbed baseline {baseline} --preset navigation-2d")
+
+
+@pytest.fixture
+def broken_run(run_dir, tmp_path) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("eval", "tb"))
+    return copy
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("corrupt latest", "latest.pt"),
+    ("truncated latest", "latest.pt"),
+    ("missing best", "no checkpoint"),
+    ("not a run dir", "not a run directory"),
+    ("corrupt config", "config.json"),
+])
+def test_bad_run_directories(broken_run, capsys, case, fragment):
+    args = [broken_run]
+    checkpoint = broken_run / "checkpoints" / "latest.pt"
+    if case == "corrupt latest":
+        checkpoint.write_bytes(b"\x00garbage" * 100)
+    elif case == "truncated latest":
+        checkpoint.write_bytes(checkpoint.read_bytes()[:200])
+    elif case == "missing best":
+        (broken_run / "checkpoints" / "best.pt").unlink()
+        args += ["--checkpoint", "best"]
+    elif case == "not a run dir":
+        (broken_run / "config.json").unlink()
+    elif case == "corrupt config":
+        (broken_run / "config.json").write_text("{not json")
+    rc, _, err = run_evaluate(capsys, *args)
+    assert_one_line_error(rc, err, fragment)
+    assert not (broken_run / "eval").exists()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--split", "validation"], "unknown split"),
+    (["--split", "train"], "unknown split"),
+    (["--split", "missing.json"], "cannot read split file"),
+    (["--inner-steps", "0"], "--inner-steps"),
+    (["--episodes-per-step", "0"], "--episodes-per-step"),
+    (["--baselines", "pretrained,maml2"], "unknown baseline 'maml2'"),
+    (["--ppo-budgets", "1,x"], "--ppo-budgets"),
+    (["--max-tasks", "0"], "--max-tasks"),
+])
+def test_bad_arguments(run_dir, capsys, argv, fragment):
+    rc, _, err = run_evaluate(capsys, run_dir, *argv)
+    assert_one_line_error(rc, err, fragment)
+
+
+def test_malformed_split_file_and_wrong_family_task(run_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    rc, _, err = run_evaluate(capsys, run_dir, "--split", bad)
+    assert_one_line_error(rc, err, "not valid JSON")
+    wrong = tmp_path / "wrong.json"  # a Navigation2D file holding a velocity task
+    wrong.write_text(json.dumps({"family": "Navigation2D", "tasks": [{"velocity": 1.0}]}))
+    rc, _, err = run_evaluate(capsys, run_dir, "--split", wrong)
+    assert_one_line_error(rc, err, "GoalTask")
+
+
+def test_console_script_error_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "evaluate", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"adaptbed evaluate: error: {tmp_path} is not a run directory (no config.json); "
+        "create one with `adaptbed train`"]
+
+
+# --- learning ------------------------------------------------------------------------------------
+# Budget of tests/experiments/test_navigation_learning.py (25 iterations of 10 tasks x 10
+# episodes, 32 x 32 policy), for MAML and for the pretrained baseline (maml.num_inner_steps=0).
+# MARGIN is set with headroom below the gaps measured when the test was written (see below).
+LEARNING = ["maml.meta_batch_size=10", "maml.episodes_per_task=10", "policy.hidden_sizes=32,32"]
+MARGIN = 0.0
+
+
+@pytest.mark.slow
+def test_maml_after_one_step_beats_pretrained_and_random(tmp_path, capsys):
+    cfg = cfglib.apply_overrides(get_preset("navigation-2d"), [
+        *LEARNING, "run.iterations=25", "run.quiet=true", f"run.run_dir={tmp_path / 'maml'}"])
+    prepare_run_dir(cfg, tmp_path / "maml", resume=False)
+    train(cfg, tmp_path / "maml")
+    assert baselines.main(["pretrained", "--preset", "navigation-2d", "--iterations", "25",
+                           "--out", str(tmp_path / "bl" / "pretrained"), "--quiet",
+                           *LEARNING]) == 0
+    rc, out, err = run_evaluate(capsys, tmp_path / "maml", "--baselines", "pretrained,random",
+                                "--baseline-dir", tmp_path / "bl", "--inner-steps", 1, "--quiet")
+    assert rc == 0, err
+    print(out)
+    agents = read_doc(tmp_path / "maml")["agents"]
+    maml, pretrained, random = (agents[a]["mean"][1] for a in ("maml", "pretrained", "random"))
+    assert maml > pretrained + MARGIN, (maml, pretrained)
+    assert maml > random + MARGIN, (maml, random)

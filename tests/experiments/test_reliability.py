@@ -1,0 +1,142 @@
+"""Reliability of `adaptbed train`: corrupted checkpoints, incompatible configs, numerical faults
+and memory over a long run."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+import meta.adaptation
+from experiments import config as cfglib
+from experiments.presets import get_preset
+from experiments.rundir import RunDirError, load_checkpoint, load_latest_checkpoint
+from experiments.train import TrainingDiverged, main, prepare_run_dir, train
+
+TINY = ["maml.meta_batch_size=2", "maml.episodes_per_task=2", "policy.hidden_sizes=8,8",
+        "run.quiet=true"]
+
+
+def tiny_config(run_dir, *overrides):
+    cfg = cfglib.apply_overrides(get_preset("navigation-2d"),
+                                 [*TINY, f"run.run_dir={run_dir}", *overrides])
+    cfglib.validate(cfg)
+    return cfg
+
+
+def run(run_dir, *overrides, resume=False):
+    cfg = tiny_config(run_dir, *overrides)
+    if not resume:
+        prepare_run_dir(cfg, run_dir, resume=False)
+    return cfg, train(cfg, run_dir, resume=resume)
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_previous_and_ends_identically(tmp_path, capsys):
+    reference = tmp_path / "reference"
+    run(reference, "run.iterations=4")
+    damaged = tmp_path / "damaged"
+    run(damaged, "run.iterations=3")
+    latest = damaged / "checkpoints" / "latest.pt"
+    data = bytearray(latest.read_bytes())
+    data[-100] ^= 0xFF  # flip one byte of the payload
+    latest.write_bytes(bytes(data))
+    with pytest.raises(RunDirError, match="checksum mismatch"):
+        load_checkpoint(latest)
+    state, warning = load_latest_checkpoint(damaged / "checkpoints")
+    assert state["iteration"] == 2 and "previous.pt" in warning
+
+    assert main(["--resume", "--run-dir", str(damaged), "--iterations", "4", "--quiet"]) == 0
+    assert "resuming from previous.pt" in capsys.readouterr().err
+    final = load_checkpoint(damaged / "checkpoints" / "latest.pt")["policy"]
+    expected = load_checkpoint(reference / "checkpoints" / "latest.pt")["policy"]
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+    assert [r["iteration"] for r in rows(damaged / "progress.csv")] == ["0", "1", "2", "3"]
+
+
+def test_truncated_checkpoint_is_detected(tmp_path):
+    run(tmp_path, "run.iterations=1")
+    latest = tmp_path / "checkpoints" / "latest.pt"
+    latest.write_bytes(latest.read_bytes()[:50])
+    with pytest.raises(RunDirError, match="checksum mismatch|truncated"):
+        load_checkpoint(latest)
+
+
+def test_config_of_another_format_is_refused_with_the_reason(tmp_path, capsys):
+    run(tmp_path, "run.iterations=1")
+    doc = json.loads((tmp_path / "config.json").read_text())
+    doc["format"] = 999
+    (tmp_path / "config.json").write_text(json.dumps(doc))
+    code = main(["--resume", "--run-dir", str(tmp_path), "--iterations", "2", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "format 999" in err and "reads format 1" in err
+
+
+def test_nan_rewards_are_rejected_and_training_continues(tmp_path, monkeypatch, capsys):
+    real = meta.adaptation.sample_episodes
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        episodes = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:  # iteration 1, pre-adaptation episodes
+            episodes = episodes.map(lambda x: x)
+            rewards = episodes.rewards.clone()
+            rewards[0, 0, 0] = float("nan")
+            import dataclasses
+
+            episodes = dataclasses.replace(episodes, rewards=rewards)
+        return episodes
+
+    monkeypatch.setattr(meta.adaptation, "sample_episodes", poisoned)
+    cfg = tiny_config(tmp_path, "run.iterations=3", "run.checkpoint_every=1")
+    prepare_run_dir(cfg, tmp_path, resume=False)
+    params_after = []
+    import experiments.train as train_module
+
+    real_save = train_module.save_checkpoint
+
+    def recording_save(path, state, **kwargs):
+        if path.name == "latest.pt":
+            params_after.append({k: v.clone() for k, v in state["policy"].items()})
+        return real_save(path, state, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", recording_save)
+    train(cfg, tmp_path)
+    assert "outer step rejected (non-finite rewards" in capsys.readouterr().err
+    # iteration 1 was rejected: the parameters after it are those after iteration 0
+    assert all(torch.equal(params_after[0][k], params_after[1][k]) for k in params_after[0])
+    assert not all(torch.equal(params_after[1][k], params_after[2][k]) for k in params_after[0])
+    for saved in params_after:
+        assert all(torch.isfinite(v).all() for v in saved.values())
+    rejected = [float(r["rejected_steps"]) for r in rows(tmp_path / "progress.csv")]
+    assert rejected == [0.0, 1.0, 1.0]
+
+
+def test_exploding_learning_rate_stops_the_run_with_a_clear_message(tmp_path, capsys):
+    code = main(["--run-dir", str(tmp_path), "--iterations", "20", *TINY, "outer.algo=adam",
+                 "outer.lr=1e30", "run.max_consecutive_failures=2"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "2 outer steps in a row were rejected for non-finite values" in err
+    assert err.count("Traceback") == 0
+    state = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    assert all(torch.isfinite(v).all() for v in state["policy"].values())
+    assert state["iteration"] < 20
+
+
+def test_memory_stays_flat_over_50_iterations(tmp_path):
+    run(tmp_path, "run.iterations=50")
+    timing = rows(tmp_path / "timing.csv")
+    rss = [float(r["rss_mb"]) for r in timing]
+    growth = rss[-1] - rss[9]
+    print(f"resident memory: iteration 10 {rss[9]:.1f} MiB, iteration 50 {rss[-1]:.1f} MiB, "
+          f"growth {growth:.1f} MiB")
+    assert all(math.isfinite(x) and x > 0 for x in rss)
+    assert growth < 20.0, rss  # a leak of one batch per iteration would grow far beyond this
