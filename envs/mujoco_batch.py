@@ -41,6 +41,7 @@ Divergence:
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
@@ -62,9 +63,12 @@ from envs.vector import VectorStep
 
 #: Thread names of the stepping pool (``threading.enumerate()`` shows them while it runs).
 THREAD_PREFIX = "mujoco-batch"
-#: Chunks per thread of one step: small enough to balance uneven envs (contacts), large enough
-#: that dispatch costs nothing.
-CHUNKS_PER_THREAD = 4
+#: Blocks per thread of one step, taken in turn by whichever thread is free: small enough to
+#: balance uneven envs (contacts), large enough that taking one costs nothing.
+BLOCKS_PER_THREAD = 4
+#: Fewest running envs per thread worth waking a thread for (a hand-off costs about as much as
+#: stepping a few envs); smaller batches are stepped on the calling thread.
+MIN_ENVS_PER_THREAD = 8
 
 #: ``(velocity [B, 2], position [B, 2], task values [B, K]) -> task reward term [B]``.
 TaskTerm = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -258,15 +262,18 @@ class MujocoBatchEnv:
         num_envs: ``B``, the number of environments.
         device: where the returned tensors live.
         horizon: episode length (default: the family's).
-        num_threads: stepping threads (default: the cores this process may use); 1 steps on
-            the calling thread.
+        num_threads: stepping threads, the calling one included (default: the cores this
+            process may use); 1 steps everything on the calling thread.
+        min_envs_per_thread: fewest running envs per stepping thread; a step with fewer
+            running envs uses fewer threads.
     Raises:
         ValueError: ``num_envs`` or ``num_threads`` below 1, or a family this class does not
             simulate (Navigation2D).
     """
 
     def __init__(self, family_name: str, num_envs: int, device: torch.device | str = "cpu",
-                 horizon: int | None = None, num_threads: int | None = None):
+                 horizon: int | None = None, num_threads: int | None = None,
+                 min_envs_per_thread: int = MIN_ENVS_PER_THREAD):
         if num_envs < 1:
             raise ValueError(f"num_envs must be positive, got {num_envs}")
         spec = family(family_name)
@@ -275,11 +282,14 @@ class MujocoBatchEnv:
         threads = default_threads() if num_threads is None else num_threads
         if threads < 1:
             raise ValueError(f"num_threads must be positive, got {num_threads}")
+        if min_envs_per_thread < 1:
+            raise ValueError(f"min_envs_per_thread must be positive, got {min_envs_per_thread}")
         self.family = spec.name
         self.num_envs = num_envs
         self.horizon = spec.horizon if horizon is None else horizon
         self.device = torch.device(device)
         self.num_threads = min(threads, num_envs)
+        self.min_envs_per_thread = min_envs_per_thread
         self._proto = make(spec.name).unwrapped
         self.observation_space: gym.Space = self._proto.observation_space
         self.action_space: gym.Space = self._proto.action_space
@@ -302,8 +312,8 @@ class MujocoBatchEnv:
         self._t = 0
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
-        if self.num_threads > 1:
-            self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix=THREAD_PREFIX)
+        if self.num_threads > 1:  # the calling thread is the first stepping thread
+            self._pool = ThreadPoolExecutor(self.num_threads - 1, thread_name_prefix=THREAD_PREFIX)
 
     # --- tasks ---------------------------------------------------------------------------------
     def set_tasks(self, tasks: Sequence) -> None:
@@ -445,15 +455,28 @@ class MujocoBatchEnv:
         return position
 
     def _map(self, work: Callable[[np.ndarray], None], indices: np.ndarray) -> None:
-        """Run ``work`` on contiguous chunks of ``indices``, on the pool when there is one."""
-        if len(indices) == 0:
+        """Run ``work`` on blocks of ``indices``: the calling thread and up to
+        ``num_threads - 1`` pool threads take the next block until none is left."""
+        threads = min(self.num_threads, len(indices) // self.min_envs_per_thread)
+        if self._pool is None or threads <= 1:
+            if len(indices):
+                work(indices)
             return
-        if self._pool is None:
-            work(indices)
-            return
-        chunks = np.array_split(indices, min(len(indices), self.num_threads * CHUNKS_PER_THREAD))
-        for _ in self._pool.map(work, chunks):  # re-raises a worker's exception
-            pass
+        blocks = np.array_split(indices, threads * BLOCKS_PER_THREAD)
+        taken = itertools.count()  # next() on a count is atomic under the GIL
+
+        def drain() -> None:
+            while (k := next(taken)) < len(blocks):
+                work(blocks[k])
+
+        helpers = [self._pool.submit(drain) for _ in range(threads - 1)]
+        try:
+            drain()
+        finally:
+            for helper in helpers:  # wait for all, then re-raise a helper's exception
+                helper.exception()
+            for helper in helpers:
+                helper.result()
 
     def _reset_chunk(self, indices: np.ndarray, qpos: np.ndarray, qvel: np.ndarray) -> None:
         """``mj_resetData``, the initial state, ``mj_forward``: ``MujocoEnv.reset`` per env."""

@@ -17,6 +17,7 @@ from typing import Sequence
 
 import torch
 
+from experiments.cliutil import Parser
 from agents.policies import make_policy
 from envs.registry import family, make
 from experiments.presets import get_preset
@@ -77,7 +78,7 @@ def bench(preset: str, device: str, repeats: int) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.bench_inner", description=__doc__,
+    p = Parser(prog="python -m experiments.bench_inner", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", nargs="+", default=["navigation-2d", "halfcheetah-vel"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Sequence
 
+from experiments.cliutil import Parser
 from envs.registry import markdown_table, table_rows
 
 
@@ -20,7 +21,7 @@ def format_table(rows: list[dict[str, str]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="adaptbed envs", description="List the task families.")
+    p = Parser(prog="adaptbed envs", description="List the task families.")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print JSON")
     fmt.add_argument("--markdown", action="store_true", help="print README's Markdown table")

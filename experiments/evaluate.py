@@ -63,7 +63,6 @@ from envs.splits import get_split, split_from_json
 from envs.tasks import TaskError, task_to_dict
 from envs.vector import make_vector_env
 from experiments import config as cfglib
-from experiments.plot import evaluation_figure, png_bytes
 from experiments.rundir import (RunDirError, atomic_write_bytes, atomic_write_text,
                                 load_checkpoint, read_json)
 from experiments.train import AUTO_BATCHING, build_policy
@@ -514,6 +513,8 @@ def write_tensorboard(tb_dir: Path, split: str, agents: dict[str, dict]) -> None
 
 def write_outputs(run_dir: Path, doc: dict) -> list[Path]:
     """``eval/<split>.{json,csv,png}`` (atomically) and the TensorBoard scalars."""
+    from experiments.plot import evaluation_figure, png_bytes  # matplotlib: only when plotting
+
     out = run_dir / "eval"
     split = doc["split"]
     paths = [out / f"{split}.json", out / f"{split}.csv", out / f"{split}.png"]

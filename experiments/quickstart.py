@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from experiments.cliutil import Parser
 from envs.registry import make
 from envs.splits import get_split
 from envs.vector import make_vector_env
@@ -66,7 +67,7 @@ def format_results(results: dict[str, dict], stand_still: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="adaptbed quickstart", description=__doc__)
+    p = Parser(prog="adaptbed quickstart", description=__doc__)
     p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
                    help=f"meta-iterations (default {DEFAULT_ITERATIONS}, about 4 minutes on 2 cores)")
     p.add_argument("--seed", type=int, default=0)

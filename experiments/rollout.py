@@ -135,15 +135,17 @@ def render_env(family_name: str, task: Any, size: int = 256) -> Any:
 
 
 @torch.no_grad()
-def render_episode(env: Any, policy: nn.Module, seed: int) -> list[np.ndarray]:
-    """The frames of one episode of ``policy`` (sampled actions, as in evaluation)."""
+def render_episode(env: Any, policy: nn.Module, seed: int,
+                   max_steps: int | None = None) -> list[np.ndarray]:
+    """The frames of one episode of ``policy`` (sampled actions, as in evaluation), the first
+    ``max_steps`` steps of it when given."""
     generator = torch.Generator().manual_seed(seed)
     params = {k: v.detach().cpu() for k, v in policy.named_parameters()}
     cpu_policy = policy.to("cpu")
     obs, _ = env.reset(seed=seed)
     frames = [env.render()]
     horizon = env.spec.max_episode_steps if env.spec and env.spec.max_episode_steps else 1000
-    for _ in range(horizon):
+    for _ in range(min(horizon, max_steps or horizon)):
         dist = dist_params(cpu_policy, params, torch.as_tensor(obs, dtype=torch.float32))
         action = cpu_policy.sample(dist, generator).numpy()
         obs, _, terminated, truncated, _ = env.step(action)
@@ -191,6 +193,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=10, help="episodes to average (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--video", type=Path, metavar="FILE", help="render one episode to FILE.gif/.mp4")
+    p.add_argument("--video-steps", type=int, metavar="N",
+                   help="render only the first N steps (default: the whole episode; software "
+                        "rendering takes about 0.1 s per frame)")
     p.add_argument("--checkpoint", default="latest", choices=CHECKPOINTS,
                    help="for a run directory: which checkpoint (default latest)")
     return p
@@ -204,6 +209,8 @@ def resolve(args: argparse.Namespace) -> tuple[Source, Any]:
     """
     if args.episodes < 1:
         raise RunDirError(f"--episodes must be at least 1, got {args.episodes}")
+    if args.video_steps is not None and args.video_steps < 1:
+        raise RunDirError(f"--video-steps must be at least 1, got {args.video_steps}")
     source = load_source(args.path, args.checkpoint)
     if args.task is not None:
         source.task = parse_task(source.family, args.task)
@@ -265,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if env is None:
         return 0
     try:
-        frames = render_episode(env, source.policy, args.seed)
+        frames = render_episode(env, source.policy, args.seed, args.video_steps)
         write_video(args.video, frames, float(env.metadata.get("render_fps", 30)))
     except Exception as err:  # noqa: BLE001 - a renderer or encoder failing mid-way
         print(f"adaptbed rollout: error: could not write {args.video} ({type(err).__name__}: "

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from experiments.cliutil import Parser
 from agents.policies import Params, mlp
 from meta.maml import detached, gradient_descent
 
@@ -303,7 +304,7 @@ def run(config: SinusoidConfig, progress: Callable[[str, int, float], None] | No
 # --- command line -------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = SinusoidConfig()
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m experiments.sinusoid",
         description="MAML sinusoid regression (Finn et al. 2017, sec. 5.1): meta-train, pretrain, "
                     "and compare fine-tuning curves on held-out sine tasks.")

@@ -38,7 +38,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from envs.registry import family, make
+import numpy as np
+
+from envs.registry import make
 from envs.tasks import TaskError
 from experiments import config as cfglib
 from experiments.evaluate import summarize
@@ -123,8 +125,6 @@ def family_splits(family_name: str) -> list[str]:
     """``test``, and ``ood`` when the family has one."""
     env = make(family_name)
     try:
-        import numpy as np
-
         env.unwrapped.sample_ood_tasks(1, np.random.default_rng(0))
         return ["test", "ood"]
     except TaskError:

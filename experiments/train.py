@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from experiments.cliutil import Parser
 from agents.policies import make_policy
 from envs.registry import family, make
 from envs.vector import TaskVectorEnv, make_vector_env
@@ -348,7 +349,7 @@ class Progress:
 
 # --- command line ------------------------------------------------------------------------------
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="adaptbed train", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Meta-train a policy with MAML on a task family.",
         epilog="config keys (override as section.field=value):\n\n" + cfglib.help_text())

@@ -21,7 +21,6 @@ import pytest
 import torch
 
 import meta.evaluation
-from envs.registry import make
 from envs.splits import get_split, split_to_json
 from envs.tasks import task_to_dict
 from envs.vector import make_vector_env
@@ -168,7 +167,7 @@ def test_step_sizes_are_fast_lr_then_half(run_dir, capsys, monkeypatch):
     venv = make_vector_env("navigation-2d", len(tasks) * 2)
     manual = evaluate_adaptation(venv, run.policy, dict(run.policy.named_parameters()), tasks,
                                  FAST_LR, 3, 2, AdvantageSettings(), seed=5)
-    assert doc["agents"]["maml"]["per_task"] == pytest.approx(manual["per_task"], rel=1e-5)
+    np.testing.assert_allclose(doc["agents"]["maml"]["per_task"], manual["per_task"], rtol=1e-5)
 
 
 def test_same_seed_same_result_different_seed_different(run_dir, capsys):
@@ -186,12 +185,12 @@ def test_same_seed_same_result_different_seed_different(run_dir, capsys):
     both = curve(0, 1)
     for agent in ("maml", "random"):
         expected = (np.asarray(first[agent]["per_task"]) + other[agent]["per_task"]) / 2
-        assert both[agent]["per_task"] == pytest.approx(expected.tolist())
+        np.testing.assert_allclose(both[agent]["per_task"], expected, rtol=1e-12)
         assert both[agent]["mean"] == pytest.approx(expected.mean(axis=0).tolist())
         assert both[agent]["ci95"] == pytest.approx(
             [meta.evaluation.ci95(c) for c in expected.T.tolist()])
-        assert both[agent]["seed_means"] == pytest.approx([first[agent]["mean"],
-                                                           other[agent]["mean"]])
+        np.testing.assert_allclose(both[agent]["seed_means"],
+                                   [first[agent]["mean"], other[agent]["mean"]], rtol=1e-12)
 
 
 def test_ood_split_evaluates_exactly_the_ood_tasks(run_dir, capsys):
@@ -244,8 +243,8 @@ def test_every_baseline_end_to_end(run_dir, baseline_dir, capsys):
         assert all(math.isfinite(v) for v in [*res["mean"], *res["ci95"]]), name
     # the pretrained baseline is fine-tuned: its curve moves; the oracle's does not
     assert agents["pretrained"]["per_task"][0][0] != agents["pretrained"]["per_task"][0][1]
-    assert all(line.split()[0] in agents for line in out.splitlines()
-               if line and line.split()[0] in ("maml", "pretrained", "random", "ppo", "oracle"))
+    rows = [line.split()[0] for line in out.splitlines()[3:] if line.strip()]
+    assert [r for r in rows if r in agents] == list(agents)  # one table row per agent
     assert (run_dir / "eval" / "test.png").stat().st_size > 0
 
 
@@ -339,9 +338,15 @@ def test_console_script_error_is_one_line(tmp_path):
 # --- learning ------------------------------------------------------------------------------------
 # Budget of tests/experiments/test_navigation_learning.py (25 iterations of 10 tasks x 10
 # episodes, 32 x 32 policy), for MAML and for the pretrained baseline (maml.num_inner_steps=0).
-# MARGIN is set with headroom below the gaps measured when the test was written (see below).
+# Measured when the test was written (training seeds 0, 1, 2 x evaluation seeds 0, 1; test
+# split, return after one step): MAML -18.8 / -18.2, -18.7 / -18.1, -18.2 / -17.7; pretrained
+# -33.9 / -34.0, -35.5 / -35.5, -33.1 / -33.4 (it learns to stand still: -38.6 before the
+# step, standing still earns -37.2); random init about -112 to -114. Smallest gaps: 14.9 over
+# pretrained, 93 over random; the margins keep about half of them as headroom. The test trains
+# with seed 0 and evaluates with seed 0 (about 30 s on 2 cores).
 LEARNING = ["maml.meta_batch_size=10", "maml.episodes_per_task=10", "policy.hidden_sizes=32,32"]
-MARGIN = 0.0
+MARGIN_OVER_PRETRAINED = 7.0
+MARGIN_OVER_RANDOM = 40.0
 
 
 @pytest.mark.slow
@@ -359,5 +364,5 @@ def test_maml_after_one_step_beats_pretrained_and_random(tmp_path, capsys):
     print(out)
     agents = read_doc(tmp_path / "maml")["agents"]
     maml, pretrained, random = (agents[a]["mean"][1] for a in ("maml", "pretrained", "random"))
-    assert maml > pretrained + MARGIN, (maml, pretrained)
-    assert maml > random + MARGIN, (maml, random)
+    assert maml > pretrained + MARGIN_OVER_PRETRAINED, (maml, pretrained)
+    assert maml > random + MARGIN_OVER_RANDOM, (maml, random)

@@ -1,0 +1,308 @@
+"""``adaptbed bench``: sampling throughput of the MuJoCo families against the physics limit.
+
+``adaptbed bench [--family NAME ...] [--json] [--device cpu|cuda] [--quick] [--envs N]``
+
+For each MuJoCo family, in one run on this machine, it measures (env steps per second, counting
+only the steps of running episodes):
+
+* ``physics_limit_sps``: bare ``mj_step(model, data, frame_skip)`` on one ``MjData`` per
+  thread, one thread per core, random controls, no observation, reward or policy: what the
+  simulator alone can do.
+* ``sampler_sps``: :func:`meta.sampler.sample_episodes` on the batched simulator
+  (:class:`envs.mujoco_batch.MujocoBatchEnv`) with the family preset's policy (2 x 100 ReLU) in
+  the loop, ``--envs`` environments (tasks x episodes) for one horizon, reset included.
+* ``gym_sync_sps`` / ``gym_async_sps``: Gymnasium's ``SyncVectorEnv`` / ``AsyncVectorEnv``
+  (one process per env) of the registered env doing the same work with the same policy:
+  the same envs, tasks, seeds, horizon and policy forward per step.
+* ``sampler_over_physics``, ``sampler_over_best_gym``: the ratios.
+* ``iteration_seconds``: ``sampling`` / ``adaptation`` / ``outer_update`` / ``total`` seconds of
+  one meta-iteration of the family's default preset (``experiments/presets.py``, built with
+  :func:`experiments.train.build`), run in a fresh process whose ``peak_rss_mb`` (peak resident
+  memory of that process, ``ru_maxrss``) is reported with it; ``iteration_sampling_sps`` is its
+  sampling throughput at the preset's meta-batch size. ``--device cuda`` runs it (policy,
+  adaptation, outer update) on the GPU.
+
+``--quick`` shrinks everything for a smoke run: 4 envs over 50 steps and a meta-batch of
+2 tasks x 2 episodes. Output: one JSON object per family and line with ``--json``, else a
+readable block per family.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import multiprocessing as mp
+import resource
+import sys
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+import torch
+from torch import nn
+
+from agents.policies import dist_params
+from envs.mujoco_batch import MujocoBatchEnv, default_threads
+from envs.registry import FAMILIES, FamilySpec, UnknownFamilyError, family, make
+from experiments import config as cfglib
+from experiments.cliutil import Parser, fail
+from experiments.presets import get_preset
+from meta.sampler import sample_episodes
+
+PROG = "adaptbed bench"
+MUJOCO_FAMILIES = tuple(s.name for s in FAMILIES if s.mujoco)
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """What every throughput measurement of one family simulates."""
+
+    tasks: int
+    episodes_per_task: int
+    horizon: int
+    seed: int = 0
+
+    @property
+    def num_envs(self) -> int:
+        return self.tasks * self.episodes_per_task
+
+
+FULL = Workload(tasks=8, episodes_per_task=8, horizon=200)
+QUICK = Workload(tasks=2, episodes_per_task=2, horizon=50)
+QUICK_ITERATION = ("maml.meta_batch_size=2", "maml.episodes_per_task=2")
+
+
+# --- the measurements -----------------------------------------------------------------------------
+def physics_limit_sps(spec: FamilySpec, work: Workload, threads: int) -> float:
+    """Env steps/s of bare ``mj_step(model, data, frame_skip)``, one ``MjData`` per thread."""
+    proto = make(spec.name).unwrapped
+    model, frame_skip = proto.model, int(proto.frame_skip)
+    steps = max(work.num_envs * work.horizon // threads, work.horizon)
+    rng = np.random.default_rng(work.seed)
+    controls = rng.uniform(-1.0, 1.0, size=(threads, steps, model.nu))
+
+    def run(k: int) -> None:
+        data = mujoco.MjData(model)
+        for t in range(steps):
+            if t % work.horizon == 0:  # an episode per horizon, as the sampler runs them
+                mujoco.mj_resetData(model, data)
+            data.ctrl[:] = controls[k, t]
+            mujoco.mj_step(model, data, frame_skip)
+
+    workers = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+    start = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return threads * steps / (time.perf_counter() - start)
+
+
+def bench_policy(spec: FamilySpec, observation_space: gym.Space, action_space: gym.Space,
+                 device: str) -> nn.Module:
+    """The family preset's policy (same architecture and initialisation as a run)."""
+    from experiments.train import build_policy
+
+    cfg = cfglib.apply_overrides(get_preset(spec.preset), [f"run.device={device}"])
+    return build_policy(cfg, observation_space, action_space)
+
+
+def sampler_sps(spec: FamilySpec, work: Workload, device: str) -> float:
+    """Env steps/s of :func:`sample_episodes` on :class:`MujocoBatchEnv` (reset included)."""
+    with MujocoBatchEnv(spec.name, work.num_envs, device, horizon=work.horizon) as venv:
+        policy = bench_policy(spec, venv.observation_space, venv.action_space, device)
+        params = {k: v.detach() for k, v in policy.named_parameters()}
+        tasks = make(spec.name).unwrapped.sample_tasks(work.tasks,
+                                                       np.random.default_rng(work.seed))
+        _sync(device)
+        start = time.perf_counter()
+        episodes = sample_episodes(venv, policy, params, tasks, work.episodes_per_task,
+                                   seed=work.seed)
+        _sync(device)
+        return episodes.env_steps / (time.perf_counter() - start)
+
+
+def _task_env(name: str, task: Any, horizon: int) -> gym.Env:
+    return make(name, task=task, max_episode_steps=horizon)
+
+
+def gym_vector_sps(spec: FamilySpec, work: Workload, device: str, asynchronous: bool) -> float:
+    """Env steps/s of Gymnasium's Sync/AsyncVectorEnv with the same envs, seeds and policy.
+
+    Counts the steps of running episodes only (an env that finished is auto-reset by
+    Gymnasium on its next step; that step is not counted). Process start-up of
+    ``AsyncVectorEnv`` is not timed; the reset is.
+    """
+    tasks = make(spec.name).unwrapped.sample_tasks(work.tasks, np.random.default_rng(work.seed))
+    fns = [functools.partial(_task_env, spec.name, task, work.horizon)
+           for task in tasks for _ in range(work.episodes_per_task)]
+    cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
+    venv = cls(fns)
+    try:
+        policy = bench_policy(spec, venv.single_observation_space, venv.single_action_space,
+                              device)
+        params = {k: v.detach() for k, v in policy.named_parameters()}
+        generator = torch.Generator(device=device).manual_seed(work.seed)
+        seeds = np.random.SeedSequence(work.seed).generate_state(work.num_envs)
+        _sync(device)
+        start = time.perf_counter()
+        obs, _ = venv.reset(seed=[int(s) for s in seeds])
+        running = np.ones(work.num_envs, dtype=bool)
+        steps = 0
+        with torch.no_grad():
+            for _ in range(work.horizon):
+                dist = dist_params(policy, params,
+                                   torch.as_tensor(obs, dtype=torch.float32, device=device))
+                actions = policy.sample(dist, generator).cpu().numpy()
+                obs, _, terminated, truncated, _ = venv.step(actions)
+                steps += int(running.sum())
+                running &= ~(terminated | truncated)
+                if not running.any():
+                    break
+        _sync(device)
+        return steps / (time.perf_counter() - start)
+    finally:
+        venv.close()
+
+
+def iteration_split(preset: str, device: str, quick: bool) -> dict[str, Any]:
+    """Seconds of one meta-iteration of ``preset`` by phase, and this process's peak RSS.
+
+    Meant to run in a fresh process (see :func:`measure_iteration`), so that ``peak_rss_mb``
+    is the iteration's own peak (the interpreter, torch and MuJoCo included).
+    """
+    from experiments.train import build, iteration_tasks
+    from meta.adaptation import collect_meta_batch, step_seeds
+
+    overrides = [f"run.device={device}", *(QUICK_ITERATION if quick else ())]
+    cfg = cfglib.apply_overrides(get_preset(preset), overrides)
+    parts = build(cfg)
+    try:
+        tasks = iteration_tasks(parts.task_source, cfg, 0)
+        seeds = step_seeds(cfg.run.seed, 0, parts.inner.num_steps + 1)
+        start = time.perf_counter()
+        batch, metrics = collect_meta_batch(
+            parts.venv, parts.policy, dict(parts.policy.named_parameters()), tasks,
+            parts.inner, cfg.maml.episodes_per_task, parts.advantages, seeds)
+        _sync(device)
+        update_start = time.perf_counter()
+        parts.outer.step(batch)
+        _sync(device)
+        end = time.perf_counter()
+    finally:
+        parts.venv.close()
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
+    return {
+        "preset": preset,
+        "meta_batch": f"{cfg.maml.meta_batch_size}x{cfg.maml.episodes_per_task}",
+        "iteration_seconds": {
+            "sampling": metrics["seconds_sampling"],
+            "adaptation": metrics["seconds_adapting"],
+            "outer_update": end - update_start,
+            "total": end - start,
+        },
+        "iteration_env_steps": int(metrics["env_steps"]),
+        "iteration_sampling_sps": metrics["env_steps"] / max(metrics["seconds_sampling"], 1e-9),
+        "peak_rss_mb": peak_kb / 1024.0,
+    }
+
+
+def measure_iteration(preset: str, device: str, quick: bool) -> dict[str, Any]:
+    """:func:`iteration_split` in a fresh (spawned) process."""
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(iteration_split, (preset, device, quick))
+
+
+def bench_family(spec: FamilySpec, work: Workload, device: str, quick: bool) -> dict[str, Any]:
+    """Every measurement of one family, in the order that keeps them independent."""
+    threads = default_threads()
+    out: dict[str, Any] = {"family": spec.name, "device": device, "threads": threads,
+                           "envs": work.num_envs, "horizon": work.horizon}
+    out.update(measure_iteration(spec.preset, device, quick))
+    out["gym_async_sps"] = gym_vector_sps(spec, work, device, asynchronous=True)
+    out["gym_sync_sps"] = gym_vector_sps(spec, work, device, asynchronous=False)
+    out["physics_limit_sps"] = physics_limit_sps(spec, work, threads)
+    out["sampler_sps"] = sampler_sps(spec, work, device)
+    out["sampler_over_physics"] = out["sampler_sps"] / out["physics_limit_sps"]
+    out["sampler_over_best_gym"] = out["sampler_sps"] / max(out["gym_sync_sps"],
+                                                            out["gym_async_sps"])
+    return out
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+# --- output and command line ----------------------------------------------------------------------
+def render(result: dict[str, Any]) -> str:
+    """A readable block for one family."""
+    lines = [f"{result['family']} ({result['envs']} envs x {result['horizon']} steps, "
+             f"{result['threads']} threads, {result['device']})"]
+    for key in ("physics_limit_sps", "sampler_sps", "gym_sync_sps", "gym_async_sps"):
+        lines.append(f"  {key:<24}{result[key]:>12,.0f} env steps/s")
+    for key in ("sampler_over_physics", "sampler_over_best_gym"):
+        lines.append(f"  {key:<24}{result[key]:>12.2f}")
+    split = ", ".join(f"{k} {v:.2f}" for k, v in result["iteration_seconds"].items())
+    lines.append(f"  meta-iteration {result['preset']} ({result['meta_batch']}): {split} s; "
+                 f"peak RSS {result['peak_rss_mb']:.0f} MB")
+    return "\n".join(lines)
+
+
+def parser() -> Parser:
+    p = Parser(prog=PROG, description="Sampling throughput of the MuJoCo families: the batched "
+               "simulator against bare physics and Gymnasium's vector envs; one meta-iteration's "
+               "time split.")
+    p.add_argument("--family", nargs="+", action="extend", metavar="NAME",
+                   help="MuJoCo families (name, id or preset; default: all)")
+    p.add_argument("--json", action="store_true", help="one JSON object per family and line")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where the policy, adaptation and outer update run")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 4 envs x 50 steps, meta-batch 2 tasks x 2 episodes")
+    p.add_argument("--envs", type=int, metavar="N",
+                   help=f"environments of the throughput runs (default {FULL.num_envs}, "
+                        f"tasks x {FULL.episodes_per_task} episodes)")
+    return p
+
+
+def resolve_families(names: Sequence[str] | None) -> list[FamilySpec]:
+    """The requested MuJoCo families (all by default); raises ValueError for others."""
+    specs = [family(n) for n in (names or MUJOCO_FAMILIES)]
+    for spec in specs:
+        if not spec.mujoco:
+            raise ValueError(f"{spec.name} is not a MuJoCo family; known: "
+                             f"{', '.join(MUJOCO_FAMILIES)}")
+    return specs
+
+
+def workload(args: Any) -> Workload:
+    base = QUICK if args.quick else FULL
+    if args.envs is None:
+        return base
+    if args.envs < base.episodes_per_task or args.envs % base.episodes_per_task:
+        raise ValueError(f"--envs must be a positive multiple of {base.episodes_per_task}")
+    return dataclasses.replace(base, tasks=args.envs // base.episodes_per_task)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        specs = resolve_families(args.family)
+        work = workload(args)
+    except (UnknownFamilyError, ValueError) as err:
+        return fail(PROG, str(err))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return fail(PROG, "--device cuda but no CUDA GPU is available")
+    emit: Callable[[dict[str, Any]], str] = json.dumps if args.json else render
+    for spec in specs:
+        print(emit(bench_family(spec, work, args.device, args.quick)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
