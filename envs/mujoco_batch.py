@@ -70,6 +70,11 @@ BLOCKS_PER_THREAD = 4
 #: stepping a few envs); smaller batches are stepped on the calling thread.
 MIN_ENVS_PER_THREAD = 8
 
+#: From this many environments on, this simulator steps faster than ``SyncTaskVectorEnv``
+#: (measured on 2 cores, random actions: about equal at 1 env, 1.1-1.6x at 4, 2-3x from 16 on;
+#: the fixed numpy cost of a batched step only pays off over a few envs).
+FASTER_FROM_ENVS = 4
+
 #: ``(velocity [B, 2], position [B, 2], task values [B, K]) -> task reward term [B]``.
 TaskTerm = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -399,9 +404,10 @@ class MujocoBatchEnv:
         unstable = (warned | ~np.isfinite(state.qpos).all(axis=1)
                     | ~np.isfinite(state.qvel).all(axis=1) | ~np.isfinite(obs).all(axis=1)
                     | ~np.isfinite(rew))
-        obs[unstable] = np.nan_to_num(obs[unstable], nan=0.0, posinf=0.0, neginf=0.0)
-        rew[unstable] = 0.0
-        terminated &= ~unstable
+        if unstable.any():
+            obs[unstable] = np.nan_to_num(obs[unstable], nan=0.0, posinf=0.0, neginf=0.0)
+            rew[unstable] = 0.0
+            terminated &= ~unstable
         truncated = unstable | ((self._t >= self.horizon) & ~terminated)
         frozen = ~running
         obs[frozen], rew[frozen] = 0.0, 0.0

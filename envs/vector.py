@@ -118,9 +118,11 @@ def make_vector_env(family_name: str, num_envs: int, device: torch.device | str 
                     backend: str = "auto") -> TaskVectorEnv:
     """The fastest available batched simulator for a family (``backend``: auto|sync|torch|mujoco).
 
-    ``auto`` picks ``torch`` for Navigation2D and ``mujoco`` for every MuJoCo family (measured
-    with ``adaptbed bench``: the batched MuJoCo simulator samples faster than ``sync`` on every
-    family, and gives the same episodes).
+    ``auto`` picks ``torch`` for Navigation2D, and for the MuJoCo families ``mujoco`` from
+    ``envs.mujoco_batch.FASTER_FROM_ENVS`` (4) environments on, ``sync`` below: both give the
+    same episodes, and the batched simulator is the faster one from there on (measured with
+    ``adaptbed bench`` and on small batches; at 1-2 envs its fixed per-step numpy cost makes it
+    no faster).
 
     ``torch``: :class:`envs.navigation_torch.TorchNavigation2D`, Navigation2D on ``device``.
     ``mujoco``: :class:`envs.mujoco_batch.MujocoBatchEnv`, the MuJoCo families: persistent
@@ -141,9 +143,10 @@ def make_vector_env(family_name: str, num_envs: int, device: torch.device | str 
         from envs.navigation_torch import TorchNavigation2D
 
         return TorchNavigation2D(num_envs, device)
-    if backend == "mujoco" or (backend == "auto" and spec.mujoco):
-        from envs.mujoco_batch import MujocoBatchEnv, supports
+    from envs.mujoco_batch import FASTER_FROM_ENVS, MujocoBatchEnv, supports
 
+    if backend == "mujoco" or (backend == "auto" and spec.mujoco
+                               and num_envs >= FASTER_FROM_ENVS):
         if not supports(spec.name):
             raise ValueError(f"the mujoco backend only simulates the MuJoCo families, "
                              f"not {spec.name}")

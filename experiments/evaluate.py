@@ -5,6 +5,7 @@ Usage::
     adaptbed evaluate RUN_DIR [--split test|ood|FILE.json] [--inner-steps K]
                       [--episodes-per-step N] [--seeds S ...] [--baselines pretrained,random,ppo,oracle]
                       [--baseline-dir DIR] [--ppo-budgets 1,10,100] [--checkpoint best|latest]
+                      [--max-tasks M] [--quiet]
 
 The protocol is the MAML paper's (Finn et al. 2017, sec. 5.3 / Fig. 5; implemented by
 :func:`meta.evaluation.evaluate_adaptation`): for every held-out task, sample N episodes with
@@ -28,6 +29,12 @@ Agents:
   point: ``"steps": [K]`` (``"kind": "point"``), drawn as a marker at K;
 * ``oracle``: the per-task PPO expert of ``adaptbed baseline oracle`` (it is told the task), no
   adaptation: a flat curve over 0..K (``"kind": "flat"``), drawn as a dashed line.
+
+``maml``, ``random`` and ``pretrained`` act by sampling from their Gaussian, as in the paper's
+protocol (and as the adaptation needs); ``ppo`` and ``oracle`` are evaluated by
+:mod:`agents.sb3` with SB3's deterministic (mean) actions, over N episodes per task.
+``--max-tasks M`` keeps the first M tasks of the split (quick checks; recorded in the JSON
+through its ``tasks`` list).
 
 Outputs, in ``RUN_DIR/eval/`` (written atomically): ``<split>.json`` (the schema below),
 ``<split>.csv`` (agent, step, mean, ci95), ``<split>.png`` (the plot) and TensorBoard scalars
@@ -338,7 +345,7 @@ def load_pretrained(directory: Path, run: LoadedRun) -> nn.Module:
                         "(or pass --baseline-dir)")
     try:
         policy, cfg = baselines.pretrained_policy(path)
-    except USER_ERRORS + (OSError, KeyError) as err:
+    except USER_ERRORS + (OSError, KeyError, RuntimeError) as err:
         raise EvalError(f"cannot load the pretrained baseline in {path} ({err}); retrain it "
                         f"with {hint}") from None
     other = family(cfg.env.family).name
@@ -375,7 +382,8 @@ def load_oracle(directory: Path, run: LoadedRun) -> Any:
 
 
 def build_agents(run: LoadedRun, tasks: Sequence, protocol: Protocol, baselines: Sequence[str],
-                 baseline_dir: Path, ppo_budgets: Sequence[int]) -> list[Agent]:
+                 baseline_dir: Path, ppo_budgets: Sequence[int],
+                 log: Callable[[str], None] = lambda msg: None) -> list[Agent]:
     """``maml`` and the requested baselines, every model loaded (so errors come first).
 
     Raises:
@@ -389,24 +397,29 @@ def build_agents(run: LoadedRun, tasks: Sequence, protocol: Protocol, baselines:
         agents.append(curve_agent("random", lambda seed: random_policy(run.cfg, seed), tasks,
                                   protocol))
     if "ppo" in baselines:
-        agents += [ppo_agent(run.family, tasks, protocol, m) for m in ppo_budgets]
+        agents += [ppo_agent(run.family, tasks, protocol, m, log) for m in ppo_budgets]
     if "oracle" in baselines:
         agents.append(oracle_agent(load_oracle(baseline_dir, run), run.family, tasks, protocol))
     return agents
 
 
-def ppo_agent(family_name: str, tasks: Sequence, protocol: Protocol, multiple: int) -> Agent:
+def ppo_agent(family_name: str, tasks: Sequence, protocol: Protocol, multiple: int,
+              log: Callable[[str], None] = lambda msg: None) -> Agent:
     """PPO from scratch on every task with ``multiple`` times the adaptation's env steps."""
     from agents.sb3 import ppo_from_scratch_returns
 
     budget = multiple * protocol.adaptation_env_steps
+    name = ppo_agent_name(multiple)
+
+    def progress(i: int, mean_return: float) -> None:
+        log(f"  {name}: task {i + 1}/{len(tasks)}, return {mean_return:.1f}")
 
     def evaluate(seed: int) -> list:
         returns = ppo_from_scratch_returns(family_name, list(tasks), budget,
-                                           protocol.episodes_per_step, seed)
+                                           protocol.episodes_per_step, seed, on_task=progress)
         return [[float(r)] for r in returns]
 
-    return Agent(ppo_agent_name(multiple), "point", evaluate,
+    return Agent(name, "point", evaluate,
                  {"env_steps": budget, "budget_multiple": multiple})
 
 
@@ -569,7 +582,7 @@ class Request:
     ppo_budgets: list[int]
 
 
-def resolve(args: argparse.Namespace) -> Request:
+def resolve(args: argparse.Namespace, log: Callable[[str], None] = lambda msg: None) -> Request:
     """Validate the command line and load every model.
 
     Raises:
@@ -584,7 +597,7 @@ def resolve(args: argparse.Namespace) -> Request:
     split, tasks = resolve_split(run.family, args.split)
     tasks = tasks[: args.max_tasks]
     baseline_dir = args.baseline_dir or default_baseline_dir(run.cfg)
-    agents = build_agents(run, tasks, protocol, baselines, baseline_dir, budgets)
+    agents = build_agents(run, tasks, protocol, baselines, baseline_dir, budgets, log)
     return Request(run, split, tasks, protocol, agents, list(dict.fromkeys(args.seeds)),
                    baseline_dir, budgets)
 
@@ -611,16 +624,16 @@ def evaluation_document(request: Request, agents: dict[str, dict],
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     try:
-        request = resolve(args)
+        request = resolve(args, log)
     except USER_ERRORS as err:
         print(f"adaptbed evaluate: error: {err}", file=sys.stderr)
         return 2
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     p = request.protocol
+    schedule = ", ".join(f"{a:g}" for a in step_sizes(p.fast_lr, p.inner_steps))
     log(f"{request.run.family}, {request.split} split ({len(request.tasks)} tasks): K="
-        f"{p.inner_steps} steps of {p.episodes_per_step} episodes, step sizes "
-        f"{p.fast_lr}, then {p.fast_lr / 2}")
+        f"{p.inner_steps} steps of {p.episodes_per_step} episodes, step sizes {schedule}")
     agents = evaluate_all(request.agents, request.seeds, p.inner_steps, log)
     doc = evaluation_document(request, agents, argv)
     try:
@@ -633,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{request.run.family}, {request.split} split ({len(request.tasks)} tasks), "
           f"checkpoint {request.run.checkpoint}, seed{'s' if len(request.seeds) > 1 else ''} "
           f"{seeds}: mean return ± 95% CI over tasks\nafter k policy-gradient steps from "
-          f"{p.episodes_per_step} episodes (step size {p.fast_lr}, then {p.fast_lr / 2}):\n")
+          f"{p.episodes_per_step} episodes each (step sizes {schedule}):\n")
     print(format_table(agents, p.inner_steps))
     print(f"\nresults: {paths[0]}, {paths[1].name}, {paths[2].name}")
     return 0

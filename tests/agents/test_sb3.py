@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents.sb3 import (MAX_ROLLOUT, TaskInObservation, derived_seed, make_env, new_ppo,
                         normalized_actions, oracle_returns, ppo_from_scratch_returns,
@@ -21,7 +21,6 @@ from envs.registry import FAMILIES, make
 from envs.splits import get_split
 from envs.tasks import (Direction2DTask, DirectionTask, DynamicsTask, GoalTask, TaskError,
                         VelocityTask)
-from stable_baselines3.common.vec_env import DummyVecEnv
 
 NAV = "navigation-2d"
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from agents.policies import GaussianMLPPolicy
-from envs.mujoco_batch import THREAD_PREFIX, MujocoBatchEnv
+from envs.mujoco_batch import FASTER_FROM_ENVS, THREAD_PREFIX, MujocoBatchEnv
 from envs.registry import FAMILIES, make
 from envs.tasks import TaskError, VelocityTask
 from envs.vector import SyncTaskVectorEnv, make_vector_env
@@ -253,12 +253,33 @@ def test_horizon_truncates_and_freezes():
 
 
 def test_make_vector_env_picks_the_batched_simulator_for_mujoco_families():
-    venv = make_vector_env("halfcheetah-vel", 2)
+    venv = make_vector_env("halfcheetah-vel", FASTER_FROM_ENVS)
     assert isinstance(venv, MujocoBatchEnv)
     venv.close()
+    assert isinstance(make_vector_env("halfcheetah-vel", FASTER_FROM_ENVS - 1),
+                      SyncTaskVectorEnv)  # tiny batches: no faster batched
     assert isinstance(make_vector_env("AntGoal", 2, backend="mujoco"), MujocoBatchEnv)
     assert isinstance(make_vector_env("AntGoal", 2, backend="sync"), SyncTaskVectorEnv)
     with pytest.raises(ValueError, match="mujoco backend"):
         make_vector_env("navigation-2d", 2, backend="mujoco")
     with pytest.raises(ValueError):
         MujocoBatchEnv("HalfCheetahVel", 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_episodes_on_cuda_are_identical_to_sync_on_cuda():
+    tasks, e = tasks_of("AntDir2D", 2, seed=3), 8
+    batch = MujocoBatchEnv("AntDir2D", len(tasks) * e, "cuda")
+    sync = SyncTaskVectorEnv("AntDir2D", len(tasks) * e, "cuda")
+    policy = small_policy(105, 8).to("cuda")
+    params = {k: v.detach() for k, v in policy.named_parameters()}
+    try:
+        a = sample_episodes(batch, policy, params, tasks, e, seed=5)
+        b = sample_episodes(sync, policy, params, tasks, e, seed=5)
+    finally:
+        batch.close()
+        sync.close()
+    assert a.observations.device.type == "cuda"
+    assert torch.equal(a.observations, b.observations) and torch.equal(a.rewards, b.rewards)
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.actions, b.actions)

@@ -300,6 +300,13 @@ def test_bad_run_directories(broken_run, capsys, case, fragment):
     assert not (broken_run / "eval").exists()
 
 
+def test_a_family_without_ood_split_says_so():
+    from envs.tasks import TaskError
+
+    with pytest.raises(TaskError, match="no out-of-distribution split"):
+        evaluate.resolve_split("HalfCheetahDir", "ood")
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["--split", "validation"], "unknown split"),
     (["--split", "train"], "unknown split"),

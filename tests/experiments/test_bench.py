@@ -1,0 +1,49 @@
+"""Smoke test of ``adaptbed bench`` (experiments/bench.py): keys, finite positive numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from experiments import bench
+
+KEYS = ("physics_limit_sps", "sampler_sps", "gym_sync_sps", "gym_async_sps",
+        "sampler_over_physics", "sampler_over_best_gym", "peak_rss_mb",
+        "iteration_sampling_sps")
+SPLIT = ("sampling", "adaptation", "outer_update", "total")
+
+
+def test_quick_json_run_reports_every_measurement(capsys):
+    assert bench.main(["--quick", "--family", "HalfCheetahVel", "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert result["family"] == "HalfCheetahVel" and result["preset"] == "halfcheetah-vel"
+    for key in KEYS:
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    split = result["iteration_seconds"]
+    for key in SPLIT:
+        assert math.isfinite(split[key]) and split[key] > 0, key
+    assert split["total"] >= split["sampling"] + split["outer_update"]
+    assert result["iteration_env_steps"] == 2 * 2 * 2 * 200  # 2 rounds, 2 tasks x 2 episodes
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--family", "Navigation2D"], "not a MuJoCo family"),
+    (["--family", "NoSuchFamily"], "unknown task family"),
+    (["--quick", "--envs", "3"], "--envs"),
+])
+def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
+    assert bench.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_gpu_exits_2_with_one_line(capsys):
+    assert bench.main(["--quick", "--device", "cuda", "--family", "HalfCheetahVel"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no CUDA GPU" in err[0]
