@@ -7,18 +7,28 @@ env, step for step, so that it gives bit-for-bit the episodes of
 :class:`envs.vector.SyncTaskVectorEnv` for the same seed, tasks and actions.
 
 How it steps:
-    Every environment keeps its own persistent ``MjData`` (so MuJoCo's solver warm start
-    ``qacc_warmstart`` carries over between steps exactly as in the single env). One ``step``
-    splits the running environments into contiguous chunks that a thread pool advances with
-    ``mj_step(model, data, nstep=frame_skip)`` (plus ``mj_rnePostConstraint`` for the Ant, whose
-    observation and reward use the contact forces ``cfrc_ext``); MuJoCo releases the GIL inside
-    ``mj_step``, so the chunks run on all cores. The per-environment Python work is one control
-    write and one or two MuJoCo calls; the state (``qpos``, ``qvel``, torso position, contact
-    forces, warning counters) is gathered with one ``numpy.array`` over cached views per field,
-    and observations, rewards, terminations and divergence flags are computed for the whole
-    batch with numpy. (``mujoco.rollout`` was measured as well: it cannot carry the warm start
-    from one call to the next nor return ``cfrc_ext``, so its trajectories differ from the
-    single env's; see ``experiments/bench.py`` for the measured throughput.)
+    Every environment keeps its own persistent ``MjData``, so MuJoCo's solver warm start
+    (``qacc_warmstart``) and the kinematics left by the last substep (the torso ``xpos`` the Ant
+    measures its velocity on) carry over between steps exactly as in the single env. One
+    ``step`` cuts the running environments into blocks; the calling thread and up to
+    ``num_threads - 1`` pool threads take the next block until none is left, and advance each
+    env with ``mj_step(model, data, nstep=frame_skip)``, plus ``mj_rnePostConstraint`` for the
+    Ant, whose observation and reward use the contact forces ``cfrc_ext`` (the other robots skip
+    it: it only fills ``cacc``/``cfrc_int``/``cfrc_ext``, which nothing they use reads). MuJoCo
+    releases the GIL inside ``mj_step``, so the blocks run on all cores; batches with fewer than
+    ``min_envs_per_thread`` running envs per thread use fewer threads (a thread hand-off costs
+    about as much as stepping a few envs). The per-environment Python work is one control write
+    and one or two MuJoCo calls; the state (``qpos``, ``qvel``, torso position, contact forces,
+    warning counters) is gathered with one ``numpy.array`` over cached views per field, and
+    observations, rewards, terminations and divergence flags are computed for the whole batch
+    with numpy.
+
+    ``mujoco.rollout`` (the C++ thread pool stepping a batch from given states) was measured as
+    the alternative: it is at most about 10-15% faster on HalfCheetah and Ant (2 threads, no
+    policy), but it restarts every call from ``mjSTATE_FULLPHYSICS`` without the warm start
+    (it takes one in, gives none back), so its trajectories leave the single env's from the
+    first step on (HalfCheetah: 2e-15 after one step, 1e-2 after 100), and it returns neither
+    ``cfrc_ext`` nor MuJoCo's warnings.
 
 One definition of the environment:
     Task validation is the single env's ``coerce_task``; the reset noise is drawn by the single
@@ -44,6 +54,7 @@ import copy
 import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import gymnasium as gym
@@ -371,7 +382,7 @@ class MujocoBatchEnv:
         for i, s in enumerate(seeds):  # the single env's own reset noise
             self._proto.reset(seed=int(s))
             qpos[i], qvel[i] = self._proto.data.qpos, self._proto.data.qvel
-        self._map(lambda idx: self._reset_chunk(idx, qpos, qvel), np.arange(self.num_envs))
+        self._map(lambda idx: self._reset_block(idx, qpos, qvel), np.arange(self.num_envs))
         state = self._views.gather()
         self._warnings = state.warnings
         self._position = self._positions(state)
@@ -391,7 +402,7 @@ class MujocoBatchEnv:
         acts = self._check_actions(actions)
         self._t += 1
         running = self._running.copy()
-        self._map(lambda idx: self._step_chunk(idx, acts), np.flatnonzero(running))
+        self._map(lambda idx: self._step_block(idx, acts), np.flatnonzero(running))
         state = self._views.gather()
         position = self._positions(state)
         with np.errstate(all="ignore"):  # frozen or diverged rows may hold anything
@@ -484,7 +495,7 @@ class MujocoBatchEnv:
             for helper in helpers:
                 helper.result()
 
-    def _reset_chunk(self, indices: np.ndarray, qpos: np.ndarray, qvel: np.ndarray) -> None:
+    def _reset_block(self, indices: np.ndarray, qpos: np.ndarray, qvel: np.ndarray) -> None:
         """``mj_resetData``, the initial state, ``mj_forward``: ``MujocoEnv.reset`` per env."""
         for i in indices:
             model, data = self._models[i], self._datas[i]
@@ -493,7 +504,7 @@ class MujocoBatchEnv:
             data.qvel[:] = qvel[i]
             mujoco.mj_forward(model, data)
 
-    def _step_chunk(self, indices: np.ndarray, acts: np.ndarray) -> None:
+    def _step_block(self, indices: np.ndarray, acts: np.ndarray) -> None:
         """``MujocoEnv._step_mujoco_simulation`` per env (``cfrc_ext`` only where observed)."""
         models, datas, ctrl = self._models, self._datas, self._views.ctrl
         step, post, nstep = mujoco.mj_step, mujoco.mj_rnePostConstraint, self._frame_skip
@@ -505,12 +516,22 @@ class MujocoBatchEnv:
                 post(models[i], datas[i])
 
 
+@dataclass(frozen=True)
 class _State:
-    """The gathered simulator state of all environments (float64 copies)."""
+    """The gathered simulator state of all environments (copies).
 
-    def __init__(self, qpos: np.ndarray, qvel: np.ndarray, warnings: np.ndarray,
-                 xpos: np.ndarray | None, cfrc: np.ndarray | None):
-        self.qpos, self.qvel, self.warnings, self.xpos, self.cfrc = qpos, qvel, warnings, xpos, cfrc
+    Attributes:
+        qpos: ``[B, nq]``; qvel: ``[B, nv]``.
+        warnings: ``[B, 3]`` counters of MuJoCo's bad-qpos/qvel/qacc warnings.
+        xpos: ``[B, 3]`` the velocity-measuring body's position (Ant torso), else None.
+        cfrc: ``[B, nbody, 6]`` external contact forces (Ant), else None.
+    """
+
+    qpos: np.ndarray
+    qvel: np.ndarray
+    warnings: np.ndarray
+    xpos: np.ndarray | None
+    cfrc: np.ndarray | None
 
 
 class _Views:

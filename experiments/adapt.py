@@ -31,6 +31,7 @@ from envs.registry import make
 from envs.tasks import TaskError, task_from_dict, task_to_dict
 from envs.vector import make_vector_env
 from experiments import config as cfglib
+from experiments.cliutil import Parser
 from experiments.evaluate import (CHECKPOINTS, DEFAULT_INNER_STEPS, USER_ERRORS, LoadedRun,
                                   Protocol, available_device, load_run, policy_from_state,
                                   protocol_of)
@@ -152,8 +153,8 @@ def load_adapted(directory: Path) -> tuple[nn.Module, cfglib.Config, Any, dict[s
 
 
 # --- command line ------------------------------------------------------------------------------
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def parser() -> Parser:
+    p = Parser(
         prog="adaptbed adapt",
         description="Adapt a meta-trained policy to one task (K policy-gradient steps, the "
                     "evaluation protocol) and save the adapted policy.")

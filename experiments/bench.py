@@ -169,7 +169,8 @@ def gym_vector_sps(spec: FamilySpec, work: Workload, device: str, asynchronous: 
         venv.close()
 
 
-def iteration_split(preset: str, device: str, quick: bool) -> dict[str, Any]:
+def iteration_split(preset: str, device: str, quick: bool,
+                    torch_threads: int | None = None) -> dict[str, Any]:
     """Seconds of one meta-iteration of ``preset`` by phase, and this process's peak RSS.
 
     Meant to run in a fresh process (see :func:`measure_iteration`), so that ``peak_rss_mb``
@@ -178,6 +179,8 @@ def iteration_split(preset: str, device: str, quick: bool) -> dict[str, Any]:
     from experiments.train import build, iteration_tasks
     from meta.adaptation import collect_meta_batch, step_seeds
 
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
     overrides = [f"run.device={device}", *(QUICK_ITERATION if quick else ())]
     cfg = cfglib.apply_overrides(get_preset(preset), overrides)
     parts = build(cfg)
@@ -211,18 +214,21 @@ def iteration_split(preset: str, device: str, quick: bool) -> dict[str, Any]:
     }
 
 
-def measure_iteration(preset: str, device: str, quick: bool) -> dict[str, Any]:
+def measure_iteration(preset: str, device: str, quick: bool,
+                      torch_threads: int | None) -> dict[str, Any]:
     """:func:`iteration_split` in a fresh (spawned) process."""
     with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(iteration_split, (preset, device, quick))
+        return pool.apply(iteration_split, (preset, device, quick, torch_threads))
 
 
-def bench_family(spec: FamilySpec, work: Workload, device: str, quick: bool) -> dict[str, Any]:
+def bench_family(spec: FamilySpec, work: Workload, device: str, quick: bool,
+                 torch_threads: int | None = None) -> dict[str, Any]:
     """Every measurement of one family, in the order that keeps them independent."""
     threads = default_threads()
     out: dict[str, Any] = {"family": spec.name, "device": device, "threads": threads,
+                           "torch_threads": torch.get_num_threads(),
                            "envs": work.num_envs, "horizon": work.horizon}
-    out.update(measure_iteration(spec.preset, device, quick))
+    out.update(measure_iteration(spec.preset, device, quick, torch_threads))
     out["gym_async_sps"] = gym_vector_sps(spec, work, device, asynchronous=True)
     out["gym_sync_sps"] = gym_vector_sps(spec, work, device, asynchronous=False)
     out["physics_limit_sps"] = physics_limit_sps(spec, work, threads)
@@ -242,7 +248,8 @@ def _sync(device: str) -> None:
 def render(result: dict[str, Any]) -> str:
     """A readable block for one family."""
     lines = [f"{result['family']} ({result['envs']} envs x {result['horizon']} steps, "
-             f"{result['threads']} threads, {result['device']})"]
+             f"{result['threads']} threads, {result['torch_threads']} torch threads, "
+             f"{result['device']})"]
     for key in ("physics_limit_sps", "sampler_sps", "gym_sync_sps", "gym_async_sps"):
         lines.append(f"  {key:<24}{result[key]:>12,.0f} env steps/s")
     for key in ("sampler_over_physics", "sampler_over_best_gym"):
@@ -264,6 +271,8 @@ def parser() -> Parser:
                    help="where the policy, adaptation and outer update run")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 4 envs x 50 steps, meta-batch 2 tasks x 2 episodes")
+    p.add_argument("--torch-threads", type=int, metavar="N",
+                   help="torch intra-op threads of every measurement (default: torch's own)")
     p.add_argument("--envs", type=int, metavar="N",
                    help=f"environments of the throughput runs (default {FULL.num_envs}, "
                         f"tasks x {FULL.episodes_per_task} episodes)")
@@ -298,9 +307,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(PROG, str(err))
     if args.device == "cuda" and not torch.cuda.is_available():
         return fail(PROG, "--device cuda but no CUDA GPU is available")
+    if args.torch_threads is not None:
+        if args.torch_threads < 1:
+            return fail(PROG, "--torch-threads must be positive")
+        torch.set_num_threads(args.torch_threads)
     emit: Callable[[dict[str, Any]], str] = json.dumps if args.json else render
     for spec in specs:
-        print(emit(bench_family(spec, work, args.device, args.quick)), flush=True)
+        print(emit(bench_family(spec, work, args.device, args.quick, args.torch_threads)),
+              flush=True)
     return 0
 
 

@@ -70,6 +70,7 @@ from envs.splits import get_split, split_from_json
 from envs.tasks import TaskError, task_to_dict
 from envs.vector import make_vector_env
 from experiments import config as cfglib
+from experiments.cliutil import Parser
 from experiments.rundir import (RunDirError, atomic_write_bytes, atomic_write_text,
                                 load_checkpoint, read_json)
 from experiments.train import AUTO_BATCHING, build_policy
@@ -539,8 +540,8 @@ def write_outputs(run_dir: Path, doc: dict) -> list[Path]:
 
 
 # --- command line ------------------------------------------------------------------------------
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def parser() -> Parser:
+    p = Parser(
         prog="adaptbed evaluate", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Adaptation curves of a meta-trained run on held-out tasks (the MAML "
                     "paper's protocol), next to baselines.",

@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 
 from matplotlib.figure import Figure
 
+from experiments.cliutil import Parser
 from experiments.rundir import RunDirError, atomic_write_bytes
 
 LABELS = {"maml": "MAML", "pretrained": "pretrained", "random": "random init",
@@ -146,8 +147,8 @@ def run_labels(run_dirs: Sequence[Path]) -> list[str]:
     return [n if names.count(n) == 1 else str(d) for n, d in zip(names, run_dirs)]
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def parser() -> Parser:
+    p = Parser(
         prog="adaptbed plot",
         description="Overlay the MAML adaptation curves of several runs, read from their "
                     "eval/<split>.json (written by `adaptbed evaluate`).")

@@ -41,6 +41,7 @@ from envs.tasks import task_to_dict
 from envs.vector import make_vector_env
 from experiments import config as cfglib
 from experiments.adapt import POLICY_FILE, load_adapted, parse_task
+from experiments.cliutil import Parser
 from experiments.evaluate import CHECKPOINTS, USER_ERRORS, load_run
 from experiments.rundir import RunDirError, atomic_write_bytes
 from meta.evaluation import ci95
@@ -182,8 +183,8 @@ def write_video(path: Path, frames: Sequence[np.ndarray], fps: float) -> None:
 
 
 # --- command line ------------------------------------------------------------------------------
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def parser() -> Parser:
+    p = Parser(
         prog="adaptbed rollout",
         description="Evaluate a policy saved by `adaptbed adapt` (or a run's checkpoint) on its "
                     "task, optionally rendering one episode to a video.")

@@ -43,6 +43,7 @@ import numpy as np
 from envs.registry import make
 from envs.tasks import TaskError
 from experiments import config as cfglib
+from experiments.cliutil import Parser
 from experiments.evaluate import summarize
 from experiments.plot import agent_label, evaluation_figure, read_evaluation, save_png
 from experiments.presets import get_preset
@@ -197,8 +198,8 @@ def report_text(preset: str, settings: dict[str, Any], splits: dict[str, dict],
 
 
 # --- command line ------------------------------------------------------------------------------
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def parser() -> Parser:
+    p = Parser(
         prog="adaptbed study", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train MAML for several seeds and the baselines once, evaluate everything "
                     "on the held-out splits and write a Markdown report.",

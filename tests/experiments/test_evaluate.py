@@ -322,6 +322,15 @@ def test_bad_arguments(run_dir, capsys, argv, fragment):
     assert_one_line_error(rc, err, fragment)
 
 
+@pytest.mark.parametrize("argv", [["--inner-steps", "two"], ["--checkpoint", "first"], []])
+def test_argument_errors_are_one_line(run_dir, capsys, argv):
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main([str(run_dir), *argv] if argv else [])
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("adaptbed evaluate: error: "), lines
+
+
 def test_malformed_split_file_and_wrong_family_task(run_dir, tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{")
