@@ -45,7 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"adaptbed: error: {name!r} is not available yet in this version", file=sys.stderr)
         return 2
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except SystemExit as done:  # argparse's exits, so that main() is callable in-process
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
 
 
 if __name__ == "__main__":
