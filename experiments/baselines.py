@@ -166,7 +166,7 @@ def clear_pretrained_dir(out: Path, force: bool) -> None:
 
 
 def run_pretrained(args: argparse.Namespace) -> int:
-    from experiments.train import prepare_run_dir, train
+    from experiments.train import TrainingStopped, prepare_run_dir, train
 
     out = Path(args.out or f"runs/baselines/{args.preset}/pretrained")
     cfg = pretrained_config(args.preset, args.overrides, args.iterations, args.seed, out,
@@ -176,7 +176,11 @@ def run_pretrained(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"{PROG} pretrained: {cfg.run.iterations} iterations of {cfg.outer.algo} without "
               f"adaptation into {out}", file=sys.stderr)
-    metrics = train(cfg, out)
+    try:
+        metrics = train(cfg, out)
+    except TrainingStopped as stopped:
+        print(f"{PROG} pretrained: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     print(json.dumps({"out": str(out), "baseline": "pretrained",
                       "family": family(cfg.env.family).name,
                       "return": metrics.get("return_step_0")}))

@@ -1,6 +1,7 @@
 """``adaptbed bench``: sampling throughput of the MuJoCo families against the physics limit.
 
-``adaptbed bench [--family NAME ...] [--json] [--device cpu|cuda] [--quick] [--envs N]``
+``adaptbed bench [--family NAME ...] [--json] [--device cpu|cuda] [--quick] [--envs N]
+[--torch-threads N]``
 
 For each MuJoCo family, in one run on this machine, it measures (env steps per second, counting
 only the steps of running episodes):
@@ -23,8 +24,11 @@ only the steps of running episodes):
   adaptation, outer update) on the GPU.
 
 ``--quick`` shrinks everything for a smoke run: 4 envs over 50 steps and a meta-batch of
-2 tasks x 2 episodes. Output: one JSON object per family and line with ``--json``, else a
-readable block per family.
+2 tasks x 2 episodes; ``--envs N`` sets the throughput runs' size (with ``--quick`` too).
+Every measurement runs with ``--torch-threads`` torch intra-op threads (default 1; see
+``--help``). Output: one JSON object per family and line with ``--json`` (also ``threads``,
+the stepping threads = cores, ``torch_threads``, ``envs``, ``horizon``, ``preset``,
+``meta_batch``, ``iteration_env_steps``), else a readable block per family.
 """
 
 from __future__ import annotations
@@ -271,11 +275,15 @@ def parser() -> Parser:
                    help="where the policy, adaptation and outer update run")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 4 envs x 50 steps, meta-batch 2 tasks x 2 episodes")
-    p.add_argument("--torch-threads", type=int, metavar="N",
-                   help="torch intra-op threads of every measurement (default: torch's own)")
+    p.add_argument("--torch-threads", type=int, default=1, metavar="N",
+                   help="torch intra-op threads of every measurement (default 1: the policy "
+                        "forwards of sampling are tiny, and on a shared 2-core machine 2 threads "
+                        "made them up to 40x slower; 0: torch's own default)")
     p.add_argument("--envs", type=int, metavar="N",
-                   help=f"environments of the throughput runs (default {FULL.num_envs}, "
-                        f"tasks x {FULL.episodes_per_task} episodes)")
+                   help=f"environments of the throughput runs, a multiple of the episodes "
+                        f"per task (default {FULL.num_envs} = {FULL.tasks} tasks x "
+                        f"{FULL.episodes_per_task}; --quick: {QUICK.num_envs} = {QUICK.tasks} x "
+                        f"{QUICK.episodes_per_task})")
     return p
 
 
@@ -307,14 +315,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(PROG, str(err))
     if args.device == "cuda" and not torch.cuda.is_available():
         return fail(PROG, "--device cuda but no CUDA GPU is available")
-    if args.torch_threads is not None:
-        if args.torch_threads < 1:
-            return fail(PROG, "--torch-threads must be positive")
-        torch.set_num_threads(args.torch_threads)
+    if args.torch_threads < 0:
+        return fail(PROG, "--torch-threads must be 0 (torch's default) or positive")
+    torch_threads = args.torch_threads or None
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
     emit: Callable[[dict[str, Any]], str] = json.dumps if args.json else render
     for spec in specs:
-        print(emit(bench_family(spec, work, args.device, args.quick, args.torch_threads)),
-              flush=True)
+        print(emit(bench_family(spec, work, args.device, args.quick, torch_threads)), flush=True)
     return 0
 
 

@@ -22,7 +22,7 @@ from envs.vector import make_vector_env
 from experiments import config as cfglib
 from experiments.presets import get_preset
 from experiments.rundir import RunDirError, atomic_write_text
-from experiments.train import build_policy, prepare_run_dir, train
+from experiments.train import TrainingStopped, build_policy, prepare_run_dir, train
 from meta.adaptation import AdvantageSettings
 from meta.evaluation import evaluate_adaptation
 
@@ -90,7 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"meta-training {PRESET} for {args.iterations} iterations into {run_dir} ...",
           file=sys.stderr)
     started = time.perf_counter()
-    train(cfg, run_dir)
+    try:
+        train(cfg, run_dir)
+    except TrainingStopped as stopped:
+        print(f"adaptbed quickstart: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     train_seconds = time.perf_counter() - started
 
     tasks = get_split(PRESET, "test")

@@ -64,6 +64,8 @@ def call(main: Callable[[list[str]], int], argv: list[str], quiet: bool) -> None
     sink = io.StringIO() if quiet else sys.stderr
     with contextlib.redirect_stdout(sink):
         rc = main(argv)
+    if rc in (130, 143):  # SIGINT / SIGTERM: the step stopped cleanly and can be continued
+        raise StudyError("stopped by a signal; run the same command again to continue")
     if rc != 0:
         raise StudyError(f"`adaptbed {' '.join(shlex.quote(a) for a in argv)}` failed "
                          f"(exit status {rc})")

@@ -169,15 +169,22 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
                     f"(last: {fault}); the last good parameters are in {run_dir / 'checkpoints'}. "
                     "Lower the learning rates or max_kl, or check the rewards")
             if stopping and not last:
-                print(f"adaptbed train: stopped by {stopping} after iteration {iteration + 1}; "
-                      f"continue with --resume --run-dir {run_dir}", file=sys.stderr)
-                break
+                raise TrainingStopped(stopping, iteration + 1, run_dir)
     finally:
         stop.restore()
         progress.close()
         logger.close()
         parts.venv.close()
     return metrics
+
+
+class TrainingStopped(Exception):
+    """SIGINT or SIGTERM stopped the run after a checkpointed iteration; it can be resumed."""
+
+    def __init__(self, signal_name: str, iterations: int, run_dir: Path):
+        self.exit_code = 128 + int(signal.Signals[signal_name])  # the shell's convention
+        super().__init__(f"stopped by {signal_name} after iteration {iterations}; continue "
+                         f"with --resume --run-dir {run_dir}")
 
 
 class TrainingDiverged(RuntimeError):
@@ -229,7 +236,9 @@ def resident_memory_mb() -> float:
 
 
 class StopRequest:
-    """SIGINT / SIGTERM ask the loop to stop after the current iteration and its checkpoint."""
+    """SIGINT / SIGTERM ask the loop to stop after the current iteration and its checkpoint
+    (then :class:`TrainingStopped` is raised; ``adaptbed train`` exits with 128 + signal number,
+    130 for SIGINT and 143 for SIGTERM, so that scripts do not carry on as if it had finished)."""
 
     def __init__(self) -> None:
         self.requested: str | None = None
@@ -434,6 +443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"adaptbed train: error: {err}", file=sys.stderr)
         return 1
+    except TrainingStopped as stopped:
+        print(f"adaptbed train: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     if metrics:
         k = cfg.maml.num_inner_steps
         print(json.dumps({"run_dir": str(run_dir), "return_before": metrics["return_step_0"],
