@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor

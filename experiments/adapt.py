@@ -17,7 +17,6 @@ without the weights). ``adaptbed rollout DIR`` evaluates or renders it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass

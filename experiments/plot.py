@@ -18,7 +18,6 @@ written atomically.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys

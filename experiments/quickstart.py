@@ -5,7 +5,6 @@ same way and the "stand still" return."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time

@@ -25,12 +25,6 @@ from envs.tasks import (Direction2DTask, DirectionTask, DynamicsTask, GoalTask, 
 NAV = "navigation-2d"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 
-import envs
+import envs  # noqa: F401  (registers the adaptbed/ ids)
 from envs.registry import FAMILIES, UnknownFamilyError, family, make, markdown_table, table_rows
 from envs.splits import get_split, split_from_json, split_to_json
 from envs.tasks import GoalTask, TaskError, VelocityTask

@@ -31,12 +31,6 @@ CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TASK = '{"goal": [0.3, -0.2]}'
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def train_tiny(run_dir: Path, preset: str = "navigation-2d", overrides=TINY,

@@ -1,8 +1,6 @@
 """Every user-facing command rejects bad input up front: exit code 2, one line on stderr, no
 traceback, nothing written. One row per case (the per-command suites test more cases)."""
 
-import json
-
 import pytest
 
 from experiments.cli import main

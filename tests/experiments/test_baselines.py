@@ -33,12 +33,6 @@ TINY = ["maml.meta_batch_size=2", "maml.episodes_per_task=2", "policy.hidden_siz
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def pretrained(out: Path, *extra: str) -> int:

@@ -36,12 +36,6 @@ TINY = ["maml.meta_batch_size=2", "maml.episodes_per_task=2", "policy.hidden_siz
 FAST_LR = 0.07
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def train_tiny(run_dir: Path, overrides: list[str] = ()) -> Path:

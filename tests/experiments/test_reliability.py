@@ -12,7 +12,7 @@ import meta.adaptation
 from experiments import config as cfglib
 from experiments.presets import get_preset
 from experiments.rundir import RunDirError, load_checkpoint, load_latest_checkpoint
-from experiments.train import TrainingDiverged, main, prepare_run_dir, train
+from experiments.train import main, prepare_run_dir, train
 
 TINY = ["maml.meta_batch_size=2", "maml.episodes_per_task=2", "policy.hidden_sizes=8,8",
         "run.quiet=true"]

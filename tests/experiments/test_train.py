@@ -23,7 +23,6 @@ import pytest
 import torch
 
 from experiments import config as cfglib
-from experiments.presets import get_preset
 from experiments.rundir import load_checkpoint
 from experiments.train import build_policy, main, parser, prepare_run_dir, resolve
 
@@ -41,12 +40,6 @@ HPARAMS_TAG = "hyperparameters/text_summary"
 
 
 # --- helpers -------------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def train_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
