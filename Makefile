@@ -36,7 +36,7 @@ clean:
 # GPU benchmark, within 10 minutes.
 GPU_WHEELS := gymnasium==1.4.0 farama-notifications==0.0.6 cloudpickle==2.1.0 \
 	mujoco==3.3.0 glfw==2.11.0 pyopengl==3.1.10 etils==1.15.0 zipp==4.1.2 \
-	stable-baselines3==2.9.2 tqdm==4.70.1 \
+	stable-baselines3==2.9.2 tqdm==4.70.1 imageio==2.38.1 \
 	matplotlib==3.11.2 contourpy==1.3.3 cycler==0.12.1 fonttools==4.68.0 kiwisolver==1.5.1 \
 	pyparsing==3.3.2 python-dateutil==2.9.0.post0 six==1.17.0 \
 	pytest==9.0.3 iniconfig==2.3.0 pluggy==1.6.0 pygments==2.20.0

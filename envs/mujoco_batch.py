@@ -237,7 +237,8 @@ class _Planar(_Robot):
         return np.concatenate((qpos[:, 1:], np.clip(qvel, -10, 10)), axis=1)
 
     def reward(self, task_term, actions, cfrc):
-        return task_term + rand_params.ALIVE_BONUS - rand_params.CTRL_COST_WEIGHT * _ctrl_sq(actions)
+        ctrl_cost = rand_params.CTRL_COST_WEIGHT * _ctrl_sq(actions)
+        return task_term + rand_params.ALIVE_BONUS - ctrl_cost
 
     def healthy(self, qpos, qvel):
         z, angle = qpos[:, 1], qpos[:, 2]

@@ -19,9 +19,9 @@ only the steps of running episodes):
 * ``iteration_seconds``: ``sampling`` / ``adaptation`` / ``outer_update`` / ``total`` seconds of
   one meta-iteration of the family's default preset (``experiments/presets.py``, built with
   :func:`experiments.train.build`), run in a fresh process whose ``peak_rss_mb`` (peak resident
-  memory of that process, ``ru_maxrss``) is reported with it; ``iteration_sampling_sps`` is its
-  sampling throughput at the preset's meta-batch size. ``--device cuda`` runs it (policy,
-  adaptation, outer update) on the GPU.
+  memory of that process, interpreter, torch and MuJoCo included) is reported with it;
+  ``iteration_sampling_sps`` is its sampling throughput at the preset's meta-batch size.
+  ``--device cuda`` runs it (policy, adaptation, outer update) on the GPU.
 
 ``--quick`` shrinks everything for a smoke run: 4 envs over 50 steps and a meta-batch of
 2 tasks x 2 episodes; ``--envs N`` sets the throughput runs' size (with ``--quick`` too).
@@ -202,7 +202,6 @@ def iteration_split(preset: str, device: str, quick: bool,
         end = time.perf_counter()
     finally:
         parts.venv.close()
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
     return {
         "preset": preset,
         "meta_batch": f"{cfg.maml.meta_batch_size}x{cfg.maml.episodes_per_task}",
@@ -214,8 +213,26 @@ def iteration_split(preset: str, device: str, quick: bool,
         },
         "iteration_env_steps": int(metrics["env_steps"]),
         "iteration_sampling_sps": metrics["env_steps"] / max(metrics["seconds_sampling"], 1e-9),
-        "peak_rss_mb": peak_kb / 1024.0,
+        "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``, the high-water mark of this process image; not
+    ``ru_maxrss``, which a spawned process inherits from its parent's size at the fork.
+    Elsewhere: ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)  # bytes vs kB
 
 
 def measure_iteration(preset: str, device: str, quick: bool,

@@ -87,7 +87,7 @@ def test_every_step_matches_the_registered_single_env(name):
             env.close()
 
 
-# --- whole episodes against SyncTaskVectorEnv --------------------------------------------------------
+# --- whole episodes against SyncTaskVectorEnv -----------------------------------------------------
 def small_policy(obs_dim: int, act_dim: int) -> GaussianMLPPolicy:
     torch.manual_seed(0)
     return GaussianMLPPolicy(obs_dim, act_dim, hidden_sizes=(16,), activation="tanh",
@@ -133,7 +133,7 @@ def test_reset_with_the_same_seed_repeats_the_episode():
     assert first[1:, :, 27:].abs().sum() > 0  # the contact forces are observed, not dropped
 
 
-# --- RandParams: one model per task ---------------------------------------------------------------------
+# --- RandParams: one model per task ---------------------------------------------------------------
 @pytest.mark.parametrize("name", RAND_PARAMS)
 def test_rand_params_tasks_differ_per_env(name):
     a, b, c = tasks_of(name, 3, seed=8)
@@ -162,7 +162,7 @@ def test_rand_params_tasks_differ_per_env(name):
         venv.close()
 
 
-# --- divergence -----------------------------------------------------------------------------------------
+# --- divergence -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["HalfCheetahVel", "AntDir", "Walker2dRandParams"])
 def test_a_diverged_env_ends_truncated_unstable_while_the_others_continue(name):
     n = 3
@@ -190,7 +190,7 @@ def test_a_diverged_env_ends_truncated_unstable_while_the_others_continue(name):
         venv.close()
 
 
-# --- threads, protocol, arguments ----------------------------------------------------------------------
+# --- threads, protocol, arguments -----------------------------------------------------------------
 def batch_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX)]
 
