@@ -16,9 +16,11 @@ import torch
 
 from experiments.cliutil import Parser
 from envs.registry import make
+from envs.tasks import task_to_dict
 from envs.splits import get_split
 from envs.vector import make_vector_env
 from experiments import config as cfglib
+from experiments.plot import evaluation_figure, save_png
 from experiments.presets import get_preset
 from experiments.rundir import RunDirError, atomic_write_text
 from experiments.train import TrainingStopped, build_policy, prepare_run_dir, train
@@ -52,6 +54,16 @@ def evaluate(cfg: cfglib.Config, policy: torch.nn.Module, tasks: Sequence, num_s
         venv, policy, dict(policy.named_parameters()), tasks, cfg.maml.fast_lr, num_steps,
         cfg.maml.episodes_per_task, AdvantageSettings(cfg.maml.gamma, cfg.maml.gae_lambda),
         seed=seed)
+
+
+def plot_document(tasks: Sequence, results: dict[str, dict], stand_still: float) -> dict:
+    """The results in ``adaptbed evaluate``'s schema, standing still drawn as a flat line."""
+    steps = results["maml"]["steps"]
+    flat = {"steps": steps, "mean": [stand_still] * len(steps), "ci95": [0.0] * len(steps),
+            "kind": "flat"}
+    return {"split": "test", "family": "Navigation2D", "tasks": [task_to_dict(t) for t in tasks],
+            "agents": {**{k: {**v, "kind": "curve"} for k, v in results.items()},
+                       "stand still": flat}}
 
 
 def format_results(results: dict[str, dict], stand_still: float) -> str:
@@ -109,13 +121,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc = {"split": "test", "num_tasks": len(tasks), "train_seconds": train_seconds,
            "agents": results, "stand_still": still}
     atomic_write_text(run_dir / "eval" / "quickstart.json", json.dumps(doc, indent=2))
+    save_png(evaluation_figure(plot_document(tasks, results, still)),
+             run_dir / "eval" / "quickstart.png")
 
     print(f"\nNavigation2D, held-out test split ({len(tasks)} tasks): mean return ± 95% CI over "
           f"tasks,\nafter k policy-gradient steps from {cfg.maml.episodes_per_task} episodes "
           f"(step size {cfg.maml.fast_lr}, then {cfg.maml.fast_lr / 2}):\n")
     print(format_results(results, still))
     print(f"\nmeta-training took {train_seconds:.0f} s; run directory: {run_dir}")
-    print(f"results: {run_dir / 'eval' / 'quickstart.json'}; "
+    print(f"results: {run_dir / 'eval' / 'quickstart.json'} and quickstart.png; "
           f"TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
     return 0
 

@@ -41,6 +41,7 @@ def test_quickstart_end_to_end(tmp_path):
     tasks = get_split("navigation-2d", "test")
     assert doc["split"] == "test" and doc["num_tasks"] == len(tasks)
     assert set(doc["agents"]) == {"maml", "random init"}
+    assert (run_dir / "eval" / "quickstart.png").read_bytes()[:4] == b"\x89PNG"
     for name, res in doc["agents"].items():
         assert res["steps"] == [0, 1, 2, 3], name
         assert len(res["mean"]) == len(res["ci95"]) == 4, name
