@@ -30,9 +30,10 @@ from experiments.cliutil import Parser
 from experiments.rundir import RunDirError, atomic_write_bytes
 
 LABELS = {"maml": "MAML", "pretrained": "pretrained", "random": "random init",
-          "oracle": "oracle"}
+          "oracle": "oracle", "stand_still": "stand still"}
 COLORS = {"maml": "tab:blue", "pretrained": "tab:orange", "random": "tab:red",
-          "oracle": "black", "ppo": "tab:green", "ppo_x10": "tab:olive", "ppo_x100": "tab:cyan"}
+          "oracle": "black", "ppo": "tab:green", "ppo_x10": "tab:olive", "ppo_x100": "tab:cyan",
+          "stand_still": "tab:gray"}
 
 
 def agent_label(name: str, result: Mapping[str, Any]) -> str:

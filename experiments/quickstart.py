@@ -61,9 +61,10 @@ def plot_document(tasks: Sequence, results: dict[str, dict], stand_still: float)
     steps = results["maml"]["steps"]
     flat = {"steps": steps, "mean": [stand_still] * len(steps), "ci95": [0.0] * len(steps),
             "kind": "flat"}
+    plot_names = {"maml": "maml", "random init": "random"}  # experiments.plot's agent names
     return {"split": "test", "family": "Navigation2D", "tasks": [task_to_dict(t) for t in tasks],
-            "agents": {**{k: {**v, "kind": "curve"} for k, v in results.items()},
-                       "stand still": flat}}
+            "agents": {**{plot_names[k]: {**v, "kind": "curve"} for k, v in results.items()},
+                       "stand_still": flat}}
 
 
 def format_results(results: dict[str, dict], stand_still: float) -> str:
@@ -80,7 +81,7 @@ def format_results(results: dict[str, dict], stand_still: float) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = Parser(prog="adaptbed quickstart", description=__doc__)
     p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
-                   help=f"meta-iterations (default {DEFAULT_ITERATIONS}, about 4 minutes on 2 cores)")
+                   help=f"meta-iterations (default {DEFAULT_ITERATIONS}, about 3 minutes on 2 cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", default="", help="default runs/quickstart-s<seed>-<time>")
     p.add_argument("--inner-steps", type=int, default=3, help="adaptation steps evaluated (K)")
