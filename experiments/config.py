@@ -120,11 +120,9 @@ class RunConfig:
     device: str = "cpu"
     """Torch device: cpu or cuda."""
     run_dir: str = ""
-    """Output folder; empty: runs/<preset>-<seed>-<timestamp>, chosen by the train script."""
+    """Output folder; empty: runs/<preset>-s<seed>-<timestamp>, chosen by the train script."""
     checkpoint_every: int = 1
     """Write a checkpoint every this many meta-iterations."""
-    eval_every: int = 0
-    """Evaluate on the held-out test tasks every this many meta-iterations; 0 never."""
     quiet: bool = False
     """Print no per-iteration progress."""
     max_consecutive_failures: int = 5
@@ -424,8 +422,6 @@ def _validate_sizes(cfg: Config) -> None:
                            f"{_format_value(cfg.policy.hidden_sizes)}")
     _require(cfg.maml.num_inner_steps >= 0, f"maml.num_inner_steps must be >= 0 (0: no "
              f"adaptation, a multi-task policy); got {cfg.maml.num_inner_steps}")
-    _require(cfg.run.eval_every >= 0, f"run.eval_every must be >= 0 (0: never); "
-                                      f"got {cfg.run.eval_every}")
 
 
 def _validate_reals(cfg: Config) -> None:

@@ -148,7 +148,7 @@ def git_commit() -> str | None:
 
 
 class CsvLog:
-    """``progress.csv``: one row per iteration, columns fixed by the first row.
+    """``progress.csv``: one row per iteration; a key first seen later adds a column.
 
     On resume, rows at or beyond the resumed iteration (written after the last checkpoint,
     before a crash) are dropped, so the file never holds duplicated or missing iterations.
@@ -177,6 +177,12 @@ class CsvLog:
             self.columns = list(row)
             with self.path.open("w", newline="") as f:
                 csv.DictWriter(f, self.columns).writeheader()
+        new = [k for k in row if k not in self.columns]
+        if new:  # a key first seen now (e.g. after an iteration without an outer step)
+            with self.path.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+            self.columns += new
+            self._rewrite(rows)
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, self.columns, extrasaction="ignore").writerow(
                 {k: _format(row[k]) if k in row else "" for k in self.columns})

@@ -305,7 +305,7 @@ def run(config: SinusoidConfig, progress: Callable[[str, int, float], None] | No
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = SinusoidConfig()
     parser = Parser(
-        prog="python -m experiments.sinusoid",
+        prog="adaptbed sinusoid",
         description="MAML sinusoid regression (Finn et al. 2017, sec. 5.1): meta-train, pretrain, "
                     "and compare fine-tuning curves on held-out sine tasks.")
     parser.add_argument("--iterations", type=int, default=defaults.iterations,

@@ -130,7 +130,8 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
                     parts.venv, parts.policy, dict(parts.policy.named_parameters()), tasks,
                     parts.inner, cfg.maml.episodes_per_task, parts.advantages, seeds)
             except NumericalFault as err:  # nothing to learn from: skip the outer step
-                batch, metrics, fault = None, faulty_metrics(parts.inner.num_steps), str(err)
+                batch, fault = None, str(err)
+                metrics = {**faulty_metrics(parts.inner.num_steps), **err.metrics}
             update_started = time.perf_counter()
             good = snapshot(parts)
             if batch is not None:
@@ -152,7 +153,8 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
             post = metrics[f"return_step_{parts.inner.num_steps}"]
             state = {"policy": parts.policy.state_dict(), "outer": parts.outer.state_dict(),
                      "iteration": iteration + 1, "env_steps": env_steps,
-                     "best_return": max(best, post), "rejected_steps": rejected,
+                     "best_return": best if fault else max(best, post),
+                     "rejected_steps": rejected,
                      "metrics": metrics}
             if post > best and not fault:
                 best = post
@@ -211,6 +213,8 @@ def numerical_fault(metrics: dict[str, float], batch: MetaBatch, policy: nn.Modu
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad:
         return f"non-finite {', '.join(sorted(bad))}"
+    if metrics.get("non_finite_gradient"):
+        return "non-finite gradient"
     if not all(torch.isfinite(p).all() for p in policy.parameters()):
         return "non-finite parameters"
     return None

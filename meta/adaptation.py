@@ -23,7 +23,15 @@ from meta.sampler import sample_episodes
 
 
 class NumericalFault(FloatingPointError):
-    """Sampled episodes hold non-finite rewards or advantages (the batch is unusable)."""
+    """Sampled episodes hold non-finite rewards or advantages (the batch is unusable).
+
+    Attributes:
+        metrics: what was measured before the fault (env steps sampled, timings, ...).
+    """
+
+    def __init__(self, message: str, metrics: dict[str, float] | None = None):
+        super().__init__(message)
+        self.metrics = dict(metrics or {})
 
 
 def check_finite(episodes: Episodes, what: str) -> None:
@@ -81,10 +89,13 @@ def collect_meta_batch(venv: TaskVectorEnv, policy: nn.Module, params: Mapping[s
         episodes = with_advantages(episodes, advantages.gamma, advantages.gae_lambda,
                                    advantages.bootstrap_truncated)
         metrics["seconds_sampling"] += time.perf_counter() - start
-        check_finite(episodes, f"step-{k}")
-        metrics[f"return_step_{k}"] = episodes.mean_return()
         metrics["env_steps"] += episodes.env_steps
         metrics["unstable_episodes"] += float(episodes.unstable.sum())
+        try:
+            check_finite(episodes, f"step-{k}")
+        except NumericalFault as err:
+            raise NumericalFault(str(err), metrics) from None
+        metrics[f"return_step_{k}"] = episodes.mean_return()
         batches.append(episodes)
         if k < inner.num_steps:
             start = time.perf_counter()

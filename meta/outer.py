@@ -106,7 +106,12 @@ def _detach_dist(dist: DistParams) -> DistParams:
 
 # --- optimizers ---------------------------------------------------------------------------------
 class OuterOptimizer:
-    """Common plumbing: the policy, its parameters and the inner loop."""
+    """Common plumbing: the policy, its parameters and the inner loop.
+
+    ``step`` returns ``accepted = 0`` when it made no update; it adds
+    ``non_finite_gradient = 1`` when the reason was a NaN or infinite gradient (the caller then
+    restores the state from before the step: PPO may have taken some epochs already).
+    """
 
     def __init__(self, policy: nn.Module, inner: InnerLoop):
         self.policy = policy
@@ -156,7 +161,7 @@ class TRPO(OuterOptimizer):
         metrics = {"loss_before": loss.item(), "grad_norm": g.norm().item()}
         if not _finite(g, step_dir, shs) or shs <= 0:
             return {**metrics, "loss_after": loss.item(), "kl": 0.0, "ls_steps": 0.0,
-                    "accepted": 0.0}
+                    "accepted": 0.0, "non_finite_gradient": float(not _finite(g, step_dir, shs))}
         full_step = step_dir / torch.sqrt(shs / self.max_kl)
         theta = flat([p.detach() for p in params.values()])
         for k in range(self.ls_max_steps):
@@ -200,7 +205,8 @@ class PPO(OuterOptimizer):
             total.backward()
             if not _finite(*(p.grad for p in self.params.values())):
                 self.optimizer.zero_grad()
-                return {**metrics, "loss_after": loss.item(), "kl": 0.0, "accepted": 0.0}
+                return {**metrics, "loss_after": loss.item(), "kl": 0.0, "accepted": 0.0,
+                        "non_finite_gradient": 1.0}
             self.optimizer.step()
         with torch.no_grad():
             new = adapted_dist(self.policy, self.params, batch, self.inner, create_graph=False)
@@ -234,7 +240,7 @@ class AdamOuter(OuterOptimizer):
         if not _finite(*(p.grad for p in self.params.values())):
             self.optimizer.zero_grad()
             return {"loss_before": loss.item(), "loss_after": loss.item(), "kl": 0.0,
-                    "accepted": 0.0}
+                    "accepted": 0.0, "non_finite_gradient": 1.0}
         self.optimizer.step()
         with torch.no_grad():
             new_adapted = adapt(self.policy, self.params, batch.train, self.inner,

@@ -140,3 +140,29 @@ def test_memory_stays_flat_over_50_iterations(tmp_path):
           f"growth {growth:.1f} MiB")
     assert all(math.isfinite(x) and x > 0 for x in rss)
     assert growth < 20.0, rss  # a leak of one batch per iteration would grow far beyond this
+
+
+def test_a_step_with_non_finite_gradients_is_rejected_and_undone(tmp_path, monkeypatch, capsys):
+    import meta.outer
+
+    real_step = meta.outer.TRPO.step
+
+    def partial_then_nan(self, batch):  # like PPO: some epochs applied, then a NaN gradient
+        metrics = real_step(self, batch)
+        with torch.no_grad():
+            next(iter(self.params.values())).add_(1.0)
+        return {**metrics, "accepted": 0.0, "non_finite_gradient": 1.0}
+
+    cfg = tiny_config(tmp_path, "run.iterations=2", "run.max_consecutive_failures=5")
+    prepare_run_dir(cfg, tmp_path, resume=False)
+    from experiments.train import build_policy
+    from envs.registry import make
+
+    env = make("navigation-2d")
+    initial = build_policy(cfg, env.observation_space, env.action_space).state_dict()
+    monkeypatch.setattr(meta.outer.TRPO, "step", partial_then_nan)
+    train(cfg, tmp_path)
+    assert "outer step rejected (non-finite gradient)" in capsys.readouterr().err
+    final = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    assert all(torch.equal(final["policy"][k], initial[k]) for k in initial)
+    assert [float(r["rejected_steps"]) for r in rows(tmp_path / "progress.csv")] == [1.0, 2.0]
