@@ -173,8 +173,8 @@ def gym_vector_sps(spec: FamilySpec, work: Workload, device: str, asynchronous: 
         venv.close()
 
 
-def iteration_split(preset: str, device: str, quick: bool,
-                    torch_threads: int | None = None) -> dict[str, Any]:
+def iteration_split(preset: str, device: str, quick: bool, torch_threads: int | None = None,
+                    overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Seconds of one meta-iteration of ``preset`` by phase, and this process's peak RSS.
 
     Meant to run in a fresh process (see :func:`measure_iteration`), so that ``peak_rss_mb``
@@ -185,7 +185,7 @@ def iteration_split(preset: str, device: str, quick: bool,
 
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
-    overrides = [f"run.device={device}", *(QUICK_ITERATION if quick else ())]
+    overrides = [f"run.device={device}", *(QUICK_ITERATION if quick else ()), *overrides]
     cfg = cfglib.apply_overrides(get_preset(preset), overrides)
     parts = build(cfg)
     try:
@@ -235,21 +235,25 @@ def peak_rss_mb() -> float:
     return peak / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)  # bytes vs kB
 
 
-def measure_iteration(preset: str, device: str, quick: bool,
-                      torch_threads: int | None) -> dict[str, Any]:
+def measure_iteration(preset: str, device: str, quick: bool, torch_threads: int | None,
+                      overrides: Sequence[str] = ()) -> dict[str, Any]:
     """:func:`iteration_split` in a fresh (spawned) process."""
     with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(iteration_split, (preset, device, quick, torch_threads))
+        return pool.apply(iteration_split, (preset, device, quick, torch_threads,
+                                            list(overrides)))
 
 
 def bench_family(spec: FamilySpec, work: Workload, device: str, quick: bool,
-                 torch_threads: int | None = None) -> dict[str, Any]:
+                 torch_threads: int | None = None,
+                 overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Every measurement of one family, in the order that keeps them independent."""
     threads = default_threads()
     out: dict[str, Any] = {"family": spec.name, "device": device, "threads": threads,
                            "torch_threads": torch.get_num_threads(),
                            "envs": work.num_envs, "horizon": work.horizon}
-    out.update(measure_iteration(spec.preset, device, quick, torch_threads))
+    out.update(measure_iteration(spec.preset, device, quick, torch_threads, overrides))
+    if overrides:
+        out["overrides"] = list(overrides)
     out["gym_async_sps"] = gym_vector_sps(spec, work, device, asynchronous=True)
     out["gym_sync_sps"] = gym_vector_sps(spec, work, device, asynchronous=False)
     out["physics_limit_sps"] = physics_limit_sps(spec, work, threads)
@@ -301,6 +305,9 @@ def parser() -> Parser:
                         f"per task (default {FULL.num_envs} = {FULL.tasks} tasks x "
                         f"{FULL.episodes_per_task}; --quick: {QUICK.num_envs} = {QUICK.tasks} x "
                         f"{QUICK.episodes_per_task})")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides of the measured meta-iteration, e.g. "
+                        "outer.fisher=first_order")
     return p
 
 
@@ -328,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         specs = resolve_families(args.family)
         work = workload(args)
+        for spec in specs:  # bad overrides fail now, not after minutes of measuring
+            cfglib.validate(cfglib.apply_overrides(get_preset(spec.preset), args.overrides))
     except (UnknownFamilyError, ValueError) as err:
         return fail(PROG, str(err))
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -339,7 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(torch_threads)
     emit: Callable[[dict[str, Any]], str] = json.dumps if args.json else render
     for spec in specs:
-        print(emit(bench_family(spec, work, args.device, args.quick, torch_threads)), flush=True)
+        print(emit(bench_family(spec, work, args.device, args.quick, torch_threads,
+                                args.overrides)), flush=True)
     return 0
 
 

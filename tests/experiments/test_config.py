@@ -215,6 +215,7 @@ INVALID = [
     (["outer.inner_kl_coef=-0.1"], "outer.inner_kl_coef"),
     (["policy.init_std=0"], "policy.init_std"),
     (["outer.algo=sgd"], "outer.algo"),
+    (["outer.fisher=diagonal"], "outer.fisher"),
     (["policy.activation=gelu"], "policy.activation"),
     (["run.device=tpu"], "run.device"),
     (["maml.inner_batching=fast"], "maml.inner_batching"),

@@ -183,6 +183,29 @@ def test_trpo_step_respects_the_trust_region_and_improves_the_surrogate(max_kl):
     assert backtracked >= (3 if max_kl >= 1.0 else 1)
 
 
+@pytest.mark.parametrize("max_kl", [1e-3, 1e-2])
+def test_trpo_first_order_fisher_keeps_the_trust_region_with_another_direction(max_kl):
+    for seed in range(3):
+        steps = {}
+        for fisher in ("exact", "first_order"):
+            policy = make_policy(seed)
+            batch = make_batch(seed)
+            before = snapshot(policy)
+            metrics = TRPO(policy, INNER, max_kl=max_kl, fisher=fisher).step(batch)
+            assert metrics["accepted"] == 1.0
+            kl, surrogate = kl_and_surrogate(policy, before, snapshot(policy), batch)
+            assert 0 < kl <= max_kl * (1 + 1e-9)  # the exact KL of the adapted policies
+            assert surrogate < 0  # improved from 0 (ratio 1, normalised advantages)
+            steps[fisher] = snapshot(policy)
+        assert any(not torch.allclose(steps["exact"][k], steps["first_order"][k])
+                   for k in steps["exact"])
+
+
+def test_trpo_unknown_fisher_raises():
+    with pytest.raises(ValueError, match="fisher"):
+        TRPO(make_policy(0), INNER, fisher="diagonal")
+
+
 def test_trpo_rejected_line_search_leaves_parameters_unchanged(monkeypatch):
     policy = make_policy(1)
     batch = make_batch(1)
