@@ -104,6 +104,10 @@ class OuterConfig:
     """TRPO trust-region metric: exact (the KL's Hessian through the adaptation, as the paper)
     or first_order (inner gradient held constant: ~4x cheaper; the line search still checks
     the exact KL)."""
+    fisher_subsample: float = 1.0
+    """TRPO: fraction of the meta-batch's tasks whose KL the Fisher-vector products use (rllab's
+    subsample_factor, by task), in (0, 1]; 1 uses every task, as the paper. The gradient and
+    the line search always use every task."""
     lr: float = 1e-3
     """Learning rate of the adam and ppo meta-optimisers."""
     ppo_epochs: int = 5
@@ -436,6 +440,8 @@ def _validate_reals(cfg: Config) -> None:
         _require(value > 0, f"{key} must be positive; got {value}")
     for key, value in (("maml.gamma", cfg.maml.gamma), ("maml.gae_lambda", cfg.maml.gae_lambda)):
         _require(0 < value <= 1, f"{key} must be in (0, 1]; got {value}")
+    subsample = cfg.outer.fisher_subsample
+    _require(0 < subsample <= 1, f"outer.fisher_subsample must be in (0, 1]; got {subsample}")
     ratio = cfg.outer.ls_backtrack_ratio
     _require(0 < ratio < 1, f"outer.ls_backtrack_ratio must be in (0, 1); got {ratio}")
     for key, value in (("outer.cg_damping", cfg.outer.cg_damping),

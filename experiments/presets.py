@@ -19,25 +19,39 @@ Sources, cited next to the values below:
          Walker2DRandParamsEnv inner_lr 0.05). ProMP's policies are 64 x 64 tanh; we keep MAML's
          2 x 100 ReLU on every family so that families compare under one architecture.
 
+[rllab]  rll/rllab ConjugateGradientOptimizer ``subsample_factor``: TRPO's Fisher-vector products
+         estimated on a fraction of the data (its default 1.0, which cbfinn/maml_rl kept).
+
 Every preset uses the TRPO settings of [MAML]/[pmrl] (max_kl 0.01, 10 CG iterations, damping
 1e-5, 15 line-search steps, ratio 0.8: the :class:`OuterConfig` defaults) and gamma 0.99,
-gae_lambda 1.0 ([pmrl], [ProMP]: the :class:`MamlConfig` defaults). Shrink a preset for tests
+gae_lambda 1.0 ([pmrl], [ProMP]: the :class:`MamlConfig` defaults). One deviation: the
+40-task presets estimate the Fisher-vector products on 4 of the 40 tasks
+(``outer.fisher_subsample=0.1``, after [rllab]); the gradient and the line search's exact KL
+check use all 40. On two halfcheetah-vel meta-batches (a fresh policy, and one after 86
+iterations) the step with 0.1 improved the surrogate by 0.00903 and 0.00801 against 0.00915
+and 0.00777 with every task, in 2.3 s instead of 19-21 s (README, "The outer update").
+``outer.fisher_subsample=1`` restores the paper's full Fisher. Shrink a preset for tests
 with overrides, e.g. ``maml.meta_batch_size=2``; there is no "tiny" preset.
 """
 
 from __future__ import annotations
 
-from experiments.config import Config, ConfigError, EnvConfig, MamlConfig, PolicyConfig, RunConfig
+from experiments.config import (Config, ConfigError, EnvConfig, MamlConfig, OuterConfig,
+                                PolicyConfig, RunConfig)
+
+FISHER_SUBSAMPLE_40_TASKS = 0.1  # [rllab] subsample_factor, by task: 4 of 40 (see above)
 
 
 def _preset(name: str, *, meta_batch_size: int, episodes_per_task: int, fast_lr: float,
             num_inner_steps: int, iterations: int) -> Config:
     """A TRPO-MAML config for the family whose preset is ``name`` (2 x 100 ReLU policy)."""
+    subsample = FISHER_SUBSAMPLE_40_TASKS if meta_batch_size >= 40 else 1.0
     return Config(
         env=EnvConfig(family=name),
         policy=PolicyConfig(hidden_sizes=(100, 100), activation="relu"),  # [MAML] sec. 5.3
         maml=MamlConfig(meta_batch_size=meta_batch_size, episodes_per_task=episodes_per_task,
                         fast_lr=fast_lr, num_inner_steps=num_inner_steps),
+        outer=OuterConfig(fisher_subsample=subsample),
         run=RunConfig(iterations=iterations),
         preset=name,
     )

@@ -84,7 +84,7 @@ def build(cfg: cfglib.Config) -> Components:
     settings: dict[str, Any] = {
         "trpo": dict(max_kl=o.max_kl, cg_iters=o.cg_iters, cg_damping=o.cg_damping,
                      ls_max_steps=o.ls_max_steps, ls_backtrack_ratio=o.ls_backtrack_ratio,
-                     fisher=o.fisher),
+                     fisher=o.fisher, fisher_subsample=o.fisher_subsample),
         "ppo": dict(lr=o.lr, epochs=o.ppo_epochs, clip_eps=o.clip_eps,
                     inner_kl_coef=o.inner_kl_coef),
         "adam": dict(lr=o.lr),

@@ -20,6 +20,7 @@ place, and returns a dict of metrics. The loss maths are the pure functions abov
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -45,6 +46,17 @@ class MetaBatch:
 
     train: Sequence[Episodes]
     valid: Episodes
+
+    @property
+    def num_tasks(self) -> int:
+        return self.valid.num_tasks
+
+    def first_tasks(self, m: int) -> "MetaBatch":
+        """The batch restricted to its first ``m`` tasks (all their episodes)."""
+        if m >= self.num_tasks:
+            return self
+        return MetaBatch([e.map(lambda x: x[:m]) for e in self.train],
+                         self.valid.map(lambda x: x[:m]))
 
 
 # --- pure pieces --------------------------------------------------------------------------------
@@ -105,6 +117,12 @@ def _detach_dist(dist: DistParams) -> DistParams:
     return tuple(d.detach() for d in dist)
 
 
+def fisher_task_count(num_tasks: int, subsample: float) -> int:
+    """How many of ``num_tasks`` tasks the Fisher-vector products use: ``ceil(subsample * N)``,
+    at least 1."""
+    return max(1, min(num_tasks, math.ceil(subsample * num_tasks - 1e-9)))
+
+
 # --- optimizers ---------------------------------------------------------------------------------
 class OuterOptimizer:
     """Common plumbing: the policy, its parameters and the inner loop.
@@ -147,17 +165,27 @@ class TRPO(OuterOptimizer):
     stays the exact meta-gradient, and the line search still checks the exact KL of the
     adapted policies against ``max_kl``, so the trust region holds either way; only the step
     direction and its first trial length change.
+
+    ``fisher_subsample`` in (0, 1] estimates the Fisher-vector products from the KL of the
+    first ``ceil(fisher_subsample * N)`` tasks of the meta-batch only (all their episodes),
+    the way rllab's ``subsample_factor`` subsamples the data of TRPO's Fisher-vector products.
+    Tasks are drawn i.i.d., so those are a uniform random subset, and the mean KL over them is
+    an unbiased estimate of the mean over all tasks. The products cost about that fraction;
+    the gradient and the line search still use every task, so the exact KL bound holds.
     """
 
     def __init__(self, policy: nn.Module, inner: InnerLoop, max_kl: float = 0.01,
                  cg_iters: int = 10, cg_damping: float = 1e-5, ls_max_steps: int = 15,
-                 ls_backtrack_ratio: float = 0.8, fisher: str = "exact"):
+                 ls_backtrack_ratio: float = 0.8, fisher: str = "exact",
+                 fisher_subsample: float = 1.0):
         super().__init__(policy, inner)
         if fisher not in FISHER:
             raise ValueError(f"unknown fisher {fisher!r}; known: {FISHER}")
+        if not 0 < fisher_subsample <= 1:
+            raise ValueError(f"fisher_subsample must be in (0, 1], got {fisher_subsample}")
         self.max_kl, self.cg_iters, self.cg_damping = max_kl, cg_iters, cg_damping
         self.ls_max_steps, self.ls_backtrack_ratio = ls_max_steps, ls_backtrack_ratio
-        self.fisher = fisher
+        self.fisher, self.fisher_subsample = fisher, fisher_subsample
 
     def step(self, batch: MetaBatch) -> dict[str, float]:
         params = self.params
@@ -165,12 +193,7 @@ class TRPO(OuterOptimizer):
         old = _detach_dist(new)
         loss = surrogate_loss(self.policy, new, old, batch.valid).mean()
         g = flat(torch.autograd.grad(loss, list(params.values()), retain_graph=True))
-        if self.fisher == "first_order":  # same values, cheaper graph
-            new = adapted_dist(self.policy, params, batch,
-                               dataclasses.replace(self.inner, first_order=True),
-                               create_graph=True)
-        kl = mean_kl(self.policy, old, new, batch.valid).mean()
-        grad_kl = flat(torch.autograd.grad(kl, list(params.values()), create_graph=True))
+        grad_kl = self._kl_gradient(batch, new, old)
 
         def fisher_vector_product(v: Tensor) -> Tensor:
             hv = torch.autograd.grad(grad_kl @ v, list(params.values()), retain_graph=True)
@@ -195,6 +218,23 @@ class TRPO(OuterOptimizer):
                         "ls_steps": float(k + 1), "accepted": 1.0}
         return {**metrics, "loss_after": loss.item(), "kl": 0.0,
                 "ls_steps": float(self.ls_max_steps), "accepted": 0.0}
+
+
+    def _kl_gradient(self, batch: MetaBatch, new: DistParams, old: DistParams) -> Tensor:
+        """``d KL / d theta`` with its graph kept, on the tasks the Fisher uses: ``[P]``.
+
+        The KL is zero at ``theta`` with a zero gradient; its Hessian is the Fisher metric.
+        ``new`` (the exact graph on every task) is reused when it is the graph needed.
+        """
+        m = fisher_task_count(batch.num_tasks, self.fisher_subsample)
+        if self.fisher == "first_order" or m < batch.num_tasks:
+            first_order = self.inner.first_order or self.fisher == "first_order"
+            inner = dataclasses.replace(self.inner, first_order=first_order)
+            batch = batch.first_tasks(m)
+            new = adapted_dist(self.policy, self.params, batch, inner, create_graph=True)
+            old = tuple(d[:m] for d in old)
+        kl = mean_kl(self.policy, old, new, batch.valid).mean()
+        return flat(torch.autograd.grad(kl, list(self.params.values()), create_graph=True))
 
 
 class PPO(OuterOptimizer):

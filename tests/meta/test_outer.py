@@ -201,6 +201,52 @@ def test_trpo_first_order_fisher_keeps_the_trust_region_with_another_direction(m
                    for k in steps["exact"])
 
 
+@pytest.mark.parametrize("num_tasks, subsample, expected",
+                         [(40, 1.0, 40), (40, 0.1, 4), (40, 0.11, 5), (20, 0.1, 2), (3, 0.01, 1),
+                          (3, 0.5, 2)])
+def test_fisher_task_count_is_the_rounded_up_fraction(num_tasks, subsample, expected):
+    assert outer.fisher_task_count(num_tasks, subsample) == expected
+
+
+@pytest.mark.parametrize("fisher", ["exact", "first_order"])
+def test_subsampled_fisher_is_the_fisher_of_the_first_tasks(fisher):
+    """The KL gradient (whose derivative is the Fisher) with ``fisher_subsample`` is the full one
+    of the batch cut to its first ``ceil(subsample * N)`` tasks."""
+    policy, batch = make_policy(2), make_batch(2)
+    params = dict(policy.named_parameters())
+    v = torch.randn(sum(p.numel() for p in params.values()), dtype=F64,
+                    generator=torch.Generator().manual_seed(0))
+
+    def fvp(trpo: TRPO, b: MetaBatch) -> torch.Tensor:
+        new = outer.adapted_dist(policy, params, b, INNER, create_graph=True)
+        grad_kl = trpo._kl_gradient(b, new, outer._detach_dist(new))
+        return outer.flat(torch.autograd.grad(grad_kl @ v, list(params.values())))
+
+    sub = fvp(TRPO(policy, INNER, fisher=fisher, fisher_subsample=0.5), batch)  # 2 of 3 tasks
+    full_of_first = fvp(TRPO(policy, INNER, fisher=fisher), batch.first_tasks(2))
+    full = fvp(TRPO(policy, INNER, fisher=fisher), batch)
+    torch.testing.assert_close(sub, full_of_first)
+    assert not torch.allclose(sub, full)
+
+
+def test_trpo_subsampled_fisher_keeps_the_trust_region():
+    """Only the step direction changes: the line search checks the exact KL on every task."""
+    for seed in range(3):
+        policy, batch = make_policy(seed), make_batch(seed)
+        before = snapshot(policy)
+        metrics = TRPO(policy, INNER, max_kl=1e-2, fisher_subsample=0.34).step(batch)  # 2 of 3
+        assert metrics["accepted"] == 1.0
+        kl, surrogate = kl_and_surrogate(policy, before, snapshot(policy), batch)
+        assert 0 < kl <= 1e-2 * (1 + 1e-9)
+        assert surrogate < 0
+
+
+@pytest.mark.parametrize("subsample", [0.0, -0.1, 1.01])
+def test_trpo_rejects_a_fisher_subsample_outside_0_1(subsample):
+    with pytest.raises(ValueError, match="fisher_subsample"):
+        TRPO(make_policy(0), INNER, fisher_subsample=subsample)
+
+
 def test_trpo_unknown_fisher_raises():
     with pytest.raises(ValueError, match="fisher"):
         TRPO(make_policy(0), INNER, fisher="diagonal")
