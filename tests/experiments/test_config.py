@@ -330,6 +330,15 @@ def test_presets_follow_maml_defaults(name):
     assert cfg.maml.episodes_per_task == (40 if name == "ant-dir" else 20)
 
 
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_subsample_the_fisher_only_with_40_tasks(name):
+    """The one deviation from the paper's TRPO: the 40-task presets estimate the Fisher-vector
+    products on 4 tasks (outer.fisher_subsample); navigation's 20 tasks keep all."""
+    cfg = get_preset(name)
+    assert cfg.outer.fisher == "exact"
+    assert cfg.outer.fisher_subsample == (1.0 if name == "navigation-2d" else 0.1)
+
+
 def test_maml_paper_families_use_the_papers_inner_loop():
     for name in ("navigation-2d", "halfcheetah-vel", "halfcheetah-dir", "ant-vel", "ant-dir"):
         cfg = get_preset(name)

@@ -1,0 +1,147 @@
+"""Benchmark: the TRPO outer step with each Fisher estimate, on the same meta-batch.
+
+``python -m experiments.bench_fisher [--preset NAME] [--run-dir DIR] [--iteration I]
+[--settings exact:1,exact:0.1,...] [--torch-threads N] [KEY=VALUE ...]`` samples one meta-batch
+(from a run's latest checkpoint with ``--run-dir``, else from the preset's initial policy),
+then takes one TRPO step from the *same* parameters with every setting ``fisher:subsample``
+(``outer.fisher`` and ``outer.fisher_subsample``). It prints one JSON object per setting:
+
+* ``seconds``: the outer step's wall-clock time;
+* ``surrogate_improvement``: ``loss_before - loss_after`` of the post-adaptation surrogate
+  (Schulman et al. 2015, eq. 14) over *all* tasks, the quantity the step maximises;
+* ``kl``, ``ls_steps``, ``accepted``: the exact KL of the accepted step, line-search trials;
+* ``speedup`` and ``improvement_ratio``: against the first setting (the baseline, by default
+  the paper's ``exact:1``), measured in the same run.
+
+The surrogate improvement per step is what a cheaper Fisher may cost; the line search keeps the
+exact KL bound whatever the estimate (``tests/meta/test_outer.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from experiments import config as cfglib
+from experiments.cliutil import Parser, fail
+from experiments.presets import get_preset
+from experiments.rundir import RunDirError, load_latest_checkpoint, read_json
+
+DEFAULT_SETTINGS = "exact:1,exact:0.25,exact:0.1,first_order:1,first_order:0.1"
+
+
+def parse_settings(text: str) -> list[tuple[str, float]]:
+    """``"exact:1,first_order:0.1"`` -> ``[("exact", 1.0), ("first_order", 0.1)]``."""
+    out = []
+    for item in text.split(","):
+        fisher, _, subsample = item.strip().partition(":")
+        try:
+            value = float(subsample or 1.0)
+        except ValueError:
+            raise ValueError(f"setting {item!r}: the subsample {subsample!r} is not a number") from None
+        if fisher not in cfglib.FISHER or not 0 < value <= 1:
+            raise ValueError(f"setting {item!r}: expected FISHER:SUBSAMPLE with FISHER in "
+                             f"{'|'.join(cfglib.FISHER)} and SUBSAMPLE in (0, 1]")
+        out.append((fisher, value))
+    return out
+
+
+def run_config(run_dir: Path | None, preset: str, overrides: Sequence[str]) -> cfglib.Config:
+    if run_dir is None:
+        return cfglib.apply_overrides(get_preset(preset), overrides)
+    cfg = cfglib.from_dict(read_json(run_dir / "config.json")["config"])
+    return cfglib.apply_overrides(cfg, overrides)
+
+
+def bench(cfg: cfglib.Config, settings: Sequence[tuple[str, float]], run_dir: Path | None,
+          iteration: int) -> list[dict]:
+    """One meta-batch, one TRPO step per setting from the same parameters."""
+    from experiments.train import build, iteration_tasks
+    from meta.adaptation import collect_meta_batch, step_seeds
+    from meta.outer import TRPO, fisher_task_count
+
+    parts = build(cfg)
+    try:
+        if run_dir is not None:
+            state, _ = load_latest_checkpoint(run_dir / "checkpoints")
+            parts.policy.load_state_dict(state["policy"])
+        start = {k: v.detach().clone() for k, v in parts.policy.state_dict().items()}
+        tasks = iteration_tasks(parts.task_source, cfg, iteration)
+        seeds = step_seeds(cfg.run.seed, iteration, parts.inner.num_steps + 1)
+        batch, metrics = collect_meta_batch(
+            parts.venv, parts.policy, dict(parts.policy.named_parameters()), tasks, parts.inner,
+            cfg.maml.episodes_per_task, parts.advantages, seeds)
+    finally:
+        parts.venv.close()
+    o, rows = cfg.outer, []
+    for fisher, subsample in settings:
+        parts.policy.load_state_dict(start)
+        trpo = TRPO(parts.policy, parts.inner, max_kl=o.max_kl, cg_iters=o.cg_iters,
+                    cg_damping=o.cg_damping, ls_max_steps=o.ls_max_steps,
+                    ls_backtrack_ratio=o.ls_backtrack_ratio, fisher=fisher,
+                    fisher_subsample=subsample)
+        began = time.perf_counter()
+        step = trpo.step(batch)
+        seconds = time.perf_counter() - began
+        rows.append({
+            "preset": cfg.preset, "run_dir": None if run_dir is None else str(run_dir),
+            "iteration": iteration, "fisher": fisher, "fisher_subsample": subsample,
+            "fisher_tasks": fisher_task_count(batch.num_tasks, subsample),
+            "tasks": batch.num_tasks, "seconds": seconds,
+            "surrogate_improvement": step["loss_before"] - step["loss_after"],
+            "kl": step["kl"], "ls_steps": step["ls_steps"], "accepted": step["accepted"],
+            "return_before_adaptation": metrics["return_step_0"],
+            "torch_threads": torch.get_num_threads(),
+        })
+    base = rows[0]
+    for row in rows:
+        row["speedup"] = base["seconds"] / row["seconds"]
+        row["improvement_ratio"] = (row["surrogate_improvement"] / base["surrogate_improvement"]
+                                    if base["surrogate_improvement"] > 0 else float("nan"))
+    return rows
+
+
+def parser() -> Parser:
+    p = Parser(prog="python -m experiments.bench_fisher", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, e.g. maml.meta_batch_size=8")
+    p.add_argument("--preset", default="halfcheetah-vel", help="preset when no --run-dir")
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="start from this run's config and latest checkpoint")
+    p.add_argument("--iteration", type=int, default=0,
+                   help="meta-iteration whose tasks and seeds to sample (default 0)")
+    p.add_argument("--settings", default=DEFAULT_SETTINGS,
+                   help=f"FISHER:SUBSAMPLE list; the first is the baseline (default {DEFAULT_SETTINGS})")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="torch intra-op threads (default 0: torch's own, as adaptbed train)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_intermixed_args(argv)
+    try:
+        settings = parse_settings(args.settings)
+        cfg = run_config(args.run_dir, args.preset, args.overrides)
+        cfglib.validate(cfg)
+    except (ValueError, cfglib.ConfigError, RunDirError) as err:
+        return fail("bench_fisher", str(err))
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
+    try:
+        rows = bench(cfg, settings, args.run_dir, args.iteration)
+    except RunDirError as err:
+        return fail("bench_fisher", str(err))
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

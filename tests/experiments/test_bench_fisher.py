@@ -1,0 +1,47 @@
+"""Tests of experiments/bench_fisher.py: the Fisher-estimate benchmark on a tiny meta-batch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments import bench_fisher
+
+TINY = ["--preset", "navigation-2d", "maml.meta_batch_size=4", "maml.episodes_per_task=4",
+        "policy.hidden_sizes=16,16", "--torch-threads", "1"]
+
+
+def test_parse_settings():
+    assert bench_fisher.parse_settings("exact:1, first_order:0.1,exact") == [
+        ("exact", 1.0), ("first_order", 0.1), ("exact", 1.0)]
+
+
+@pytest.mark.parametrize("text", ["diagonal:1", "exact:0", "exact:1.5", "exact:half"])
+def test_parse_settings_rejects(text):
+    with pytest.raises(ValueError, match="setting"):
+        bench_fisher.parse_settings(text)
+
+
+def test_every_setting_steps_from_the_same_parameters(capsys):
+    assert bench_fisher.main([*TINY, "--settings", "exact:1,exact:0.5,first_order:0.25"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["fisher"], r["fisher_tasks"]) for r in rows] == [
+        ("exact", 4), ("exact", 2), ("first_order", 1)]
+    assert rows[0]["speedup"] == 1.0 and rows[0]["improvement_ratio"] == 1.0
+    assert len({r["return_before_adaptation"] for r in rows}) == 1  # one meta-batch
+    for row in rows:
+        assert row["accepted"] == 1.0
+        assert 0 < row["kl"] <= 0.01 * (1 + 1e-6)  # the exact KL bound, whatever the estimate
+        assert row["surrogate_improvement"] > 0
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--settings", "exact:2"], "setting"),
+    (["--run-dir", "/nonexistent/run"], "config.json"),
+    (["outer.fisher_subsample=0"], "fisher_subsample"),
+])
+def test_bad_input_is_one_line(argv, needle, capsys):
+    assert bench_fisher.main([*TINY, *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
