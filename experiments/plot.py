@@ -6,11 +6,14 @@ Two figures, both drawn from the JSON that ``adaptbed evaluate`` writes (``RUN_D
 * :func:`evaluation_figure`: every agent of one evaluation; adaptation curves (``kind ==
   "curve"``) as lines with 95% CI bands, flat references (``"flat"``: the oracle) as dashed
   horizontal lines, single budgets (``"point"``: PPO from scratch) as markers with error bars;
-* :func:`overlay_figure`: the MAML curves of several runs (e.g. seeds or configs) together.
+* :func:`overlay_figure`: the MAML curves of several runs (e.g. seeds or configs) together;
+* :func:`training_figure` (``--training``): meta-training curves from the runs'
+  ``progress.csv``, the mean return before and after adaptation per meta-iteration.
 
 Usage::
 
     adaptbed plot runs/nav-s0 runs/nav-s1 runs/nav-lr05 --split test --out nav.png
+    adaptbed plot --training runs/hcv-s0 runs/hcv-s1 --smooth 10 --out hcv-training.png
 
 Figures are built on :class:`matplotlib.figure.Figure` directly (no pyplot, no GUI backend) and
 written atomically.
@@ -18,6 +21,7 @@ written atomically.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import sys
@@ -109,6 +113,45 @@ def overlay_figure(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> Figure:
     return fig
 
 
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean over the last ``window`` values (fewer at the start); ``window=1``: as is."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def adaptation_columns(progress: Mapping[str, Sequence[float]]) -> tuple[str, str]:
+    """The before- and after-adaptation return columns: ``return_step_0`` and the last step's."""
+    steps = sorted(int(k.rsplit("_", 1)[1]) for k in progress if k.startswith("return_step_"))
+    return f"return_step_{steps[0]}", f"return_step_{steps[-1]}"
+
+
+def training_figure(runs: Sequence[tuple[str, Mapping[str, Sequence[float]]]],
+                    smooth: int = 1) -> Figure:
+    """Meta-training curves: per run, the mean return after adaptation (solid) and before it
+    (dashed) against the meta-iteration, each a trailing mean over ``smooth`` iterations."""
+    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    for label, progress in runs:
+        before, after = adaptation_columns(progress)
+        x = progress["iteration"]
+        (line,) = ax.plot(x, moving_average(progress[after], smooth),
+                          label=f"{label}: after adaptation")
+        if after != before:
+            ax.plot(x, moving_average(progress[before], smooth), linestyle="--",
+                    color=line.get_color(), label=f"{label}: before adaptation")
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel("average return" + (f" (mean of {smooth} iterations)" if smooth > 1 else ""))
+    ax.set_title("meta-training, sampled train tasks")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    return fig
+
+
 def png_bytes(fig: Figure) -> bytes:
     """The figure as PNG data."""
     buffer = io.BytesIO()
@@ -141,6 +184,26 @@ def read_evaluation(run_dir: Path, split: str) -> dict:
     return doc
 
 
+def read_progress(run_dir: Path) -> dict[str, list[float]]:
+    """``RUN_DIR/progress.csv`` as columns of floats.
+
+    Raises:
+        RunDirError: missing (naming the command that writes it), unreadable or empty.
+    """
+    path = run_dir / "progress.csv"
+    if not path.exists():
+        raise RunDirError(f"{path} does not exist; `adaptbed train --run-dir {run_dir}` writes it")
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        columns = {k: [float(r[k]) for r in rows] for k in rows[0]} if rows else {}
+        adaptation_columns(columns)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        raise RunDirError(f"{path} is not a progress log written by `adaptbed train` "
+                          f"({type(err).__name__})") from None
+    return columns
+
+
 def run_labels(run_dirs: Sequence[Path]) -> list[str]:
     """Each run's directory name, or its path as given where two names collide."""
     names = [d.resolve().name for d in run_dirs]
@@ -154,22 +217,39 @@ def parser() -> Parser:
                     "eval/<split>.json (written by `adaptbed evaluate`).")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     p.add_argument("--split", default="test", help="which evaluation to plot (default test)")
-    p.add_argument("--out", type=Path, help="output PNG (default compare-<split>.png)")
+    p.add_argument("--training", action="store_true",
+                   help="plot the meta-training curves of progress.csv instead")
+    p.add_argument("--smooth", type=int, default=1, metavar="N",
+                   help="--training: trailing mean over N iterations (default 1: none)")
+    p.add_argument("--out", type=Path,
+                   help="output PNG (default compare-<split>.png, or training.png)")
     return p
+
+
+def _figure(args: Any) -> tuple[Figure, Path]:
+    labels = run_labels(args.run_dirs)
+    if args.training:
+        if args.smooth < 1:
+            raise RunDirError(f"--smooth must be at least 1, got {args.smooth}")
+        runs = [read_progress(d) for d in args.run_dirs]
+        return training_figure(list(zip(labels, runs)), args.smooth), Path("training.png")
+    docs = [read_evaluation(d, args.split) for d in args.run_dirs]
+    families = {doc.get("family") for doc in docs}
+    if len(families) > 1:
+        raise RunDirError(f"the runs are of different task families ({', '.join(sorted(map(str, families)))}); "
+                          "overlay runs of one family")
+    return overlay_figure(list(zip(labels, docs))), Path(f"compare-{args.split}.png")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    out = args.out
     try:
-        docs = [read_evaluation(d, args.split) for d in args.run_dirs]
-        families = {doc.get("family") for doc in docs}
-        if len(families) > 1:
-            raise RunDirError(f"the runs are of different task families ({', '.join(sorted(map(str, families)))}); "
-                              "overlay runs of one family")
-        out = args.out or Path(f"compare-{args.split}.png")
-        if out.suffix.lower() != ".png":
+        if out is not None and out.suffix.lower() != ".png":
             raise RunDirError(f"--out must name a .png file, got {out}")
-        save_png(overlay_figure(list(zip(run_labels(args.run_dirs), docs))), out)
+        figure, default_out = _figure(args)
+        out = out or default_out
+        save_png(figure, out)
     except OSError as err:
         print(f"adaptbed plot: error: cannot write {out}: {err.strerror}", file=sys.stderr)
         return 2

@@ -250,3 +250,27 @@ def test_study_rejects_bad_input(tmp_path, capsys):
     rc = study.main(["--preset", "navigation-2d", "--baselines", "zero", "--out", str(tmp_path)])
     one_line_error(rc, capsys.readouterr().err, "study", "unknown baseline")
     assert not list(tmp_path.iterdir())
+
+
+def test_moving_average_is_a_trailing_mean():
+    assert plot.moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert plot.moving_average([1.0, 3.0], 1) == [1.0, 3.0]
+
+
+def test_plot_training_draws_before_and_after_adaptation_from_progress_csv(run_dir, tmp_path,
+                                                                           capsys):
+    progress = plot.read_progress(run_dir)
+    figure = plot.training_figure([("run", progress)], smooth=1)
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    assert set(lines) == {"run: after adaptation", "run: before adaptation"}
+    assert list(lines["run: after adaptation"].get_ydata()) == pytest.approx(progress["return_step_1"])
+    assert list(lines["run: before adaptation"].get_xdata()) == progress["iteration"]
+
+    out = tmp_path / "training.png"
+    assert plot.main(["--training", str(run_dir), "--smooth", "2", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    rc = plot.main(["--training", str(tmp_path), "--out", str(out)])
+    one_line_error(rc, capsys.readouterr().err, "plot", "adaptbed train")
+    rc = plot.main(["--training", str(run_dir), "--smooth", "0", "--out", str(out)])
+    one_line_error(rc, capsys.readouterr().err, "plot", "--smooth")
