@@ -9,13 +9,18 @@ only the steps of running episodes):
 * ``physics_limit_sps``: bare ``mj_step(model, data, frame_skip)`` on one ``MjData`` per
   thread, one thread per core, random controls, no observation, reward or policy: what the
   simulator alone can do.
+* ``physics_batch_sps``: the same bare ``mj_step``, but over one ``MjData`` per environment of
+  the throughput runs (``--envs``), every environment one step per round, the environments
+  split between the threads: the simulator alone on the sampler's working set, whose states
+  no longer all stay in the CPU caches.
 * ``sampler_sps``: :func:`meta.sampler.sample_episodes` on the batched simulator
   (:class:`envs.mujoco_batch.MujocoBatchEnv`) with the family preset's policy (2 x 100 ReLU) in
   the loop, ``--envs`` environments (tasks x episodes) for one horizon, reset included.
 * ``gym_sync_sps`` / ``gym_async_sps``: Gymnasium's ``SyncVectorEnv`` / ``AsyncVectorEnv``
   (one process per env) of the registered env doing the same work with the same policy:
   the same envs, tasks, seeds, horizon and policy forward per step.
-* ``sampler_over_physics``, ``sampler_over_best_gym``: the ratios.
+* ``sampler_over_physics``, ``sampler_over_physics_batch``, ``sampler_over_best_gym``: the
+  ratios; ``iteration_over_physics``: ``iteration_sampling_sps / physics_limit_sps``.
 * ``iteration_seconds``: ``sampling`` / ``adaptation`` / ``outer_update`` / ``total`` seconds of
   one meta-iteration of the family's default preset (``experiments/presets.py``, built with
   :func:`experiments.train.build`), run in a fresh process whose ``peak_rss_mb`` (peak resident
@@ -104,6 +109,33 @@ def physics_limit_sps(spec: FamilySpec, work: Workload, threads: int) -> float:
     for w in workers:
         w.join()
     return threads * steps / (time.perf_counter() - start)
+
+
+def physics_batch_sps(spec: FamilySpec, work: Workload, threads: int) -> float:
+    """Env steps/s of bare ``mj_step`` over ``work.num_envs`` ``MjData``s, one step each per
+    round for ``work.horizon`` rounds, each thread stepping its own contiguous block."""
+    proto = make(spec.name).unwrapped
+    model, frame_skip = proto.model, int(proto.frame_skip)
+    datas = [mujoco.MjData(model) for _ in range(work.num_envs)]
+    rng = np.random.default_rng(work.seed)
+    controls = rng.uniform(-1.0, 1.0, size=(work.horizon, work.num_envs, model.nu))
+    blocks = np.array_split(np.arange(work.num_envs), threads)
+    barrier = threading.Barrier(len(blocks))
+
+    def run(block: np.ndarray) -> None:
+        for t in range(work.horizon):
+            for i in block:
+                datas[i].ctrl[:] = controls[t, i]
+                mujoco.mj_step(model, datas[i], frame_skip)
+            barrier.wait()  # rounds in lockstep, as the sampler steps them
+
+    workers = [threading.Thread(target=run, args=(b,)) for b in blocks]
+    start = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return work.num_envs * work.horizon / (time.perf_counter() - start)
 
 
 def bench_policy(spec: FamilySpec, observation_space: gym.Space, action_space: gym.Space,
@@ -257,8 +289,11 @@ def bench_family(spec: FamilySpec, work: Workload, device: str, quick: bool,
     out["gym_async_sps"] = gym_vector_sps(spec, work, device, asynchronous=True)
     out["gym_sync_sps"] = gym_vector_sps(spec, work, device, asynchronous=False)
     out["physics_limit_sps"] = physics_limit_sps(spec, work, threads)
+    out["physics_batch_sps"] = physics_batch_sps(spec, work, threads)
     out["sampler_sps"] = sampler_sps(spec, work, device)
     out["sampler_over_physics"] = out["sampler_sps"] / out["physics_limit_sps"]
+    out["sampler_over_physics_batch"] = out["sampler_sps"] / out["physics_batch_sps"]
+    out["iteration_over_physics"] = out["iteration_sampling_sps"] / out["physics_limit_sps"]
     out["sampler_over_best_gym"] = out["sampler_sps"] / max(out["gym_sync_sps"],
                                                             out["gym_async_sps"])
     return out
@@ -275,10 +310,12 @@ def render(result: dict[str, Any]) -> str:
     lines = [f"{result['family']} ({result['envs']} envs x {result['horizon']} steps, "
              f"{result['threads']} threads, {result['torch_threads']} torch threads, "
              f"{result['device']})"]
-    for key in ("physics_limit_sps", "sampler_sps", "gym_sync_sps", "gym_async_sps"):
-        lines.append(f"  {key:<24}{result[key]:>12,.0f} env steps/s")
-    for key in ("sampler_over_physics", "sampler_over_best_gym"):
-        lines.append(f"  {key:<24}{result[key]:>12.2f}")
+    for key in ("physics_limit_sps", "physics_batch_sps", "sampler_sps", "gym_sync_sps",
+                "gym_async_sps"):
+        lines.append(f"  {key:<28}{result[key]:>12,.0f} env steps/s")
+    for key in ("sampler_over_physics", "sampler_over_physics_batch", "sampler_over_best_gym",
+                "iteration_over_physics"):
+        lines.append(f"  {key:<28}{result[key]:>12.2f}")
     split = ", ".join(f"{k} {v:.2f}" for k, v in result["iteration_seconds"].items())
     lines.append(f"  meta-iteration {result['preset']} ({result['meta_batch']}): {split} s; "
                  f"peak RSS {result['peak_rss_mb']:.0f} MB")

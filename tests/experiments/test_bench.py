@@ -10,8 +10,9 @@ import torch
 
 from experiments import bench
 
-KEYS = ("physics_limit_sps", "sampler_sps", "gym_sync_sps", "gym_async_sps",
-        "sampler_over_physics", "sampler_over_best_gym", "peak_rss_mb",
+KEYS = ("physics_limit_sps", "physics_batch_sps", "sampler_sps", "gym_sync_sps",
+        "gym_async_sps", "sampler_over_physics", "sampler_over_physics_batch",
+        "sampler_over_best_gym", "iteration_over_physics", "peak_rss_mb",
         "iteration_sampling_sps")
 SPLIT = ("sampling", "adaptation", "outer_update", "total")
 
@@ -29,6 +30,23 @@ def test_quick_json_run_reports_every_measurement(capsys):
         assert math.isfinite(split[key]) and split[key] > 0, key
     assert split["total"] >= split["sampling"] + split["outer_update"]
     assert result["iteration_env_steps"] == 2 * 2 * 2 * 200  # 2 rounds, 2 tasks x 2 episodes
+
+
+def test_physics_batch_steps_every_environment_every_round(monkeypatch):
+    spec = bench.family("HalfCheetahVel")
+    work = bench.Workload(tasks=2, episodes_per_task=3, horizon=4)
+    calls = []
+    real = bench.mujoco.mj_step
+
+    def counting(model, data, nstep):
+        calls.append((id(data), nstep))
+        real(model, data, nstep)
+
+    monkeypatch.setattr(bench.mujoco, "mj_step", counting)
+    sps = bench.physics_batch_sps(spec, work, threads=2)
+    assert sps > 0
+    assert len(calls) == 6 * 4 and len({d for d, _ in calls}) == 6
+    assert {n for _, n in calls} == {5}  # HalfCheetah's frame skip
 
 
 @pytest.mark.parametrize("argv, message", [
