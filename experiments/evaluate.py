@@ -565,6 +565,10 @@ def parser() -> Parser:
     p.add_argument("--checkpoint", default="latest", choices=CHECKPOINTS)
     p.add_argument("--max-tasks", type=int,
                    help="evaluate only the first M tasks of the split (quick checks)")
+    p.add_argument("--add", action="store_true",
+                   help="keep the agents of the existing eval/<split>.json and add (or "
+                        "replace) the ones evaluated now; refused if that file used another "
+                        "protocol (tasks, seeds, checkpoint, K, N)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     return p
 
@@ -622,12 +626,60 @@ def evaluation_document(request: Request, agents: dict[str, dict],
     }
 
 
+PROTOCOL_KEYS = ("split", "family", "tasks", "seeds", "checkpoint", "checkpoint_iteration",
+                 "inner_steps", "episodes_per_step", "step_sizes", "horizon")
+
+
+def existing_evaluation(run_dir: Path, split: str) -> dict | None:
+    """``eval/<split>.json`` of ``run_dir`` if there is one.
+
+    Raises:
+        EvalError: it exists but cannot be read as an evaluation.
+    """
+    path = run_dir / "eval" / f"{split}.json"
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        doc["agents"]["maml"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise EvalError(f"--add: {path} is not an evaluation written by `adaptbed evaluate` "
+                        f"({type(err).__name__})") from None
+    return doc
+
+
+def check_same_protocol(old: dict, new: dict) -> None:
+    """Raises EvalError naming the first protocol field where ``old`` and ``new`` differ."""
+    new = json.loads(json.dumps(new))  # tuples -> lists, as read back from JSON
+    for key in PROTOCOL_KEYS:
+        if old.get(key) != new.get(key):
+            raise EvalError(f"--add: eval/{new['split']}.json was evaluated with another "
+                            f"{key} ({_short(old.get(key))} instead of {_short(new.get(key))}); "
+                            "rerun without --add to replace it")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def merge_evaluations(old: dict, new: dict) -> dict:
+    """``new`` plus the agents of ``old`` that ``new`` did not evaluate (same protocol)."""
+    merged = dict(new)
+    merged["agents"] = {**old["agents"], **new["agents"]}
+    merged["commands"] = [*old.get("commands", [old.get("command")]), new["command"]]
+    return merged
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     try:
         request = resolve(args, log)
+        previous = existing_evaluation(request.run.run_dir, request.split) if args.add else None
+        if previous is not None:  # before minutes of evaluation, not after
+            check_same_protocol(previous, evaluation_document(request, {}, argv))
     except USER_ERRORS as err:
         print(f"adaptbed evaluate: error: {err}", file=sys.stderr)
         return 2
@@ -637,6 +689,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{p.inner_steps} steps of {p.episodes_per_step} episodes, step sizes {schedule}")
     agents = evaluate_all(request.agents, request.seeds, p.inner_steps, log)
     doc = evaluation_document(request, agents, argv)
+    if previous is not None:
+        doc = merge_evaluations(previous, doc)
     try:
         paths = write_outputs(request.run.run_dir, doc)
     except OSError as err:
@@ -648,7 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"checkpoint {request.run.checkpoint}, seed{'s' if len(request.seeds) > 1 else ''} "
           f"{seeds}: mean return ± 95% CI over tasks\nafter k policy-gradient steps from "
           f"{p.episodes_per_step} episodes each (step sizes {schedule}):\n")
-    print(format_table(agents, p.inner_steps))
+    print(format_table(doc["agents"], p.inner_steps))
     print(f"\nresults: {paths[0]}, {paths[1].name}, {paths[2].name}")
     return 0
 

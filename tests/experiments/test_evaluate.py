@@ -187,6 +187,24 @@ def test_same_seed_same_result_different_seed_different(run_dir, capsys):
                                    [first[agent]["mean"], other[agent]["mean"]], rtol=1e-12)
 
 
+def test_add_keeps_the_agents_already_evaluated_with_the_same_protocol(run_dir, capsys):
+    common = (run_dir, "--inner-steps", 1, "--max-tasks", 3, "--quiet")
+    rc, _, err = run_evaluate(capsys, *common)
+    assert rc == 0, err
+    first = read_doc(run_dir)
+    rc, out, err = run_evaluate(capsys, *common, "--baselines", "random", "--add")
+    assert rc == 0, err
+    added = read_doc(run_dir)
+    assert list(added["agents"]) == ["maml", "random"]
+    assert added["agents"]["maml"] == first["agents"]["maml"]  # deterministic: same numbers
+    assert len(added["commands"]) == 2 and "--add" in added["commands"][1]
+    assert "random" in out  # the printed table shows every agent of the file
+    rc, _, err = run_evaluate(capsys, run_dir, "--inner-steps", 2, "--max-tasks", 3, "--add",
+                              "--quiet")
+    assert_one_line_error(rc, err, "--add", "inner_steps", "rerun without --add")
+    assert read_doc(run_dir) == added  # refused before evaluating: nothing written
+
+
 def test_ood_split_evaluates_exactly_the_ood_tasks(run_dir, capsys):
     rc, _, err = run_evaluate(capsys, run_dir, "--split", "ood", "--inner-steps", 1, "--quiet")
     assert rc == 0, err
