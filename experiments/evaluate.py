@@ -3,7 +3,7 @@
 Usage::
 
     adaptbed evaluate RUN_DIR [--split test|ood|FILE.json] [--inner-steps K]
-                      [--episodes-per-step N] [--seeds S ...] [--baselines pretrained,random,ppo,oracle]
+                      [--episodes-per-step N] [--seeds S ...] [--baselines pretrained,random,ppo,oracle,stand_still]
                       [--baseline-dir DIR] [--ppo-budgets 1,10,100] [--checkpoint best|latest]
                       [--max-tasks M] [--quiet]
 
@@ -28,7 +28,9 @@ Agents:
   100x that budget. PPO has no intermediate "gradient steps", so these agents report a single
   point: ``"steps": [K]`` (``"kind": "point"``), drawn as a marker at K;
 * ``oracle``: the per-task PPO expert of ``adaptbed baseline oracle`` (it is told the task), no
-  adaptation: a flat curve over 0..K (``"kind": "flat"``), drawn as a dashed line.
+  adaptation: a flat curve over 0..K (``"kind": "flat"``), drawn as a dashed line;
+* ``stand_still``: the all-zero action on every task (N episodes), no adaptation: the flat
+  "do nothing" reference a learning agent must beat.
 
 ``maml``, ``random`` and ``pretrained`` act by sampling from their Gaussian, as in the paper's
 protocol (and as the adaptation needs); ``ppo`` and ``oracle`` are evaluated by
@@ -77,13 +79,14 @@ from experiments.train import AUTO_BATCHING, build_policy
 from meta.adaptation import AdvantageSettings
 from meta.evaluation import ci95, evaluate_adaptation, step_sizes
 
-BASELINES = ("pretrained", "random", "ppo", "oracle")
+BASELINES = ("pretrained", "random", "ppo", "oracle", "stand_still")
 CHECKPOINTS = ("latest", "best")
 DEFAULT_INNER_STEPS = 3
 RANDOM_INIT_SEED = 1_000_000  # + the evaluation seed: the random agent's initialisation
 EPILOG = """agents: maml always; random (fresh init) and pretrained are fine-tuned like maml;
 ppo trains PPO from scratch per task with K*N*horizon env steps (times each --ppo-budgets
-multiple; reported at step K only); oracle is the per-task expert (a flat reference).
+multiple; reported at step K only); oracle is the per-task expert and stand_still the
+all-zero action (flat references).
 With several --seeds, per-task values are averaged over seeds, then mean and 95% CI are
 taken over tasks. Results: RUN_DIR/eval/<split>.{json,csv,png}, TensorBoard eval/<split>/<agent>."""
 USER_ERRORS = (RunDirError, cfglib.ConfigError, TaskError, UnknownFamilyError)
@@ -401,6 +404,8 @@ def build_agents(run: LoadedRun, tasks: Sequence, protocol: Protocol, baselines:
         agents += [ppo_agent(run.family, tasks, protocol, m, log) for m in ppo_budgets]
     if "oracle" in baselines:
         agents.append(oracle_agent(load_oracle(baseline_dir, run), run.family, tasks, protocol))
+    if "stand_still" in baselines:
+        agents.append(stand_still_agent(tasks, protocol))
     return agents
 
 
@@ -434,6 +439,22 @@ def oracle_agent(model: Any, family_name: str, tasks: Sequence, protocol: Protoc
         return [[float(r)] for r in returns]
 
     return Agent("oracle", "flat", evaluate)
+
+
+def stand_still_agent(tasks: Sequence, protocol: Protocol) -> Agent:
+    """The all-zero action, not adapted: one value per task (mean over N episodes)."""
+    from meta.evaluation import stand_still_returns
+
+    def evaluate(seed: int) -> list:
+        n = protocol.episodes_per_step
+        venv = make_vector_env(protocol.family, len(tasks) * n, protocol.device)
+        try:
+            returns = stand_still_returns(venv, list(tasks), n, seed)
+        finally:
+            venv.close()
+        return [[float(r)] for r in returns.tolist()]
+
+    return Agent("stand_still", "flat", evaluate)
 
 
 # --- results -----------------------------------------------------------------------------------

@@ -38,6 +38,28 @@ def ci95(values: Sequence[float]) -> float:
     return float(t * np.std(values, ddof=1) / math.sqrt(n))
 
 
+@torch.no_grad()
+def stand_still_returns(venv: TaskVectorEnv, tasks: Sequence, episodes_per_task: int,
+                        seed: int) -> Tensor:
+    """Mean return of the all-zero action on each task over ``episodes_per_task`` episodes:
+    ``[N]``. The "do nothing" reference a learning agent must beat."""
+    n, e = len(tasks), episodes_per_task
+    if venv.num_envs != n * e:
+        raise ValueError(f"the simulator holds {venv.num_envs} envs, need {n} tasks x {e} episodes")
+    venv.set_tasks([task for task in tasks for _ in range(e)])
+    obs = venv.reset(seed=seed)
+    zeros = torch.zeros((n * e, *venv.action_space.shape), device=obs.device)
+    running = torch.ones(n * e, dtype=torch.bool, device=obs.device)
+    total = torch.zeros(n * e, dtype=torch.float64, device=obs.device)
+    for _ in range(venv.horizon):
+        out = venv.step(zeros)
+        total += torch.where(running, out.rewards.double(), 0.0)
+        running &= ~(out.terminated | out.truncated)
+        if not running.any():
+            break
+    return total.reshape(n, e).mean(dim=1)
+
+
 def evaluate_adaptation(venv: TaskVectorEnv, policy: nn.Module, params: Mapping[str, Tensor],
                         tasks: Sequence, fast_lr: float, num_steps: int, episodes_per_step: int,
                         advantages: AdvantageSettings, seed: int,

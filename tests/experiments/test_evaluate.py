@@ -24,7 +24,7 @@ import meta.evaluation
 from envs.splits import get_split, split_to_json
 from envs.tasks import task_to_dict
 from envs.vector import make_vector_env
-from experiments import baselines, evaluate
+from experiments import baselines, evaluate, quickstart
 from experiments import config as cfglib
 from experiments.presets import get_preset
 from experiments.train import prepare_run_dir, train
@@ -233,23 +233,29 @@ def test_split_file_of_the_family_works_and_of_another_family_fails(run_dir, tmp
 
 
 def test_every_baseline_end_to_end(run_dir, baseline_dir, capsys):
-    rc, out, err = run_evaluate(capsys, run_dir, "--baselines", "pretrained,random,ppo,oracle",
+    rc, out, err = run_evaluate(capsys, run_dir, "--baselines",
+                                "pretrained,random,ppo,oracle,stand_still",
                                 "--baseline-dir", baseline_dir, "--ppo-budgets", "1,10",
                                 "--inner-steps", 1, "--episodes-per-step", 1,
                                 "--max-tasks", 2, "--quiet")
     assert rc == 0, err
     doc = read_doc(run_dir)
     agents = doc["agents"]
-    assert list(agents) == ["maml", "pretrained", "random", "ppo", "ppo_x10", "oracle"]
+    assert list(agents) == ["maml", "pretrained", "random", "ppo", "ppo_x10", "oracle",
+                            "stand_still"]
     for name in ("maml", "pretrained", "random"):
         assert agents[name]["steps"] == [0, 1] and agents[name]["kind"] == "curve", name
     horizon = 100
     for name, multiple in (("ppo", 1), ("ppo_x10", 10)):
         assert agents[name]["steps"] == [1] and agents[name]["kind"] == "point", name
         assert agents[name]["env_steps"] == multiple * 1 * 1 * horizon  # K * N * horizon
-    oracle = agents["oracle"]
-    assert oracle["kind"] == "flat" and oracle["steps"] == [0, 1]
-    assert oracle["mean"][0] == oracle["mean"][1]
+    for name in ("oracle", "stand_still"):
+        assert agents[name]["kind"] == "flat" and agents[name]["steps"] == [0, 1], name
+        assert agents[name]["mean"][0] == agents[name]["mean"][1], name
+    # standing still on navigation-2d: the distance to the goal, every step (an independent
+    # single-env simulation, as the quickstart computes it)
+    still = quickstart.stand_still_returns(get_split("navigation-2d", "test")[:2])
+    assert [r[0] for r in agents["stand_still"]["per_task"]] == pytest.approx(still, rel=1e-5)
     for name, res in agents.items():
         assert len(res["per_task"]) == 2, name
         assert all(math.isfinite(v) for v in [*res["mean"], *res["ci95"]]), name
