@@ -21,7 +21,6 @@ written atomically.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import sys
@@ -31,7 +30,7 @@ from typing import Any, Mapping, Sequence
 from matplotlib.figure import Figure
 
 from experiments.cliutil import Parser
-from experiments.rundir import RunDirError, atomic_write_bytes
+from experiments.rundir import RunDirError, atomic_write_bytes, read_csv_columns
 
 LABELS = {"maml": "MAML", "pretrained": "pretrained", "random": "random init",
           "oracle": "oracle", "stand_still": "stand still"}
@@ -127,6 +126,8 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
 def adaptation_columns(progress: Mapping[str, Sequence[float]]) -> tuple[str, str]:
     """The before- and after-adaptation return columns: ``return_step_0`` and the last step's."""
     steps = sorted(int(k.rsplit("_", 1)[1]) for k in progress if k.startswith("return_step_"))
+    if not steps:
+        raise ValueError("no return_step_* columns")
     return f"return_step_{steps[0]}", f"return_step_{steps[-1]}"
 
 
@@ -188,19 +189,18 @@ def read_progress(run_dir: Path) -> dict[str, list[float]]:
     """``RUN_DIR/progress.csv`` as columns of floats.
 
     Raises:
-        RunDirError: missing (naming the command that writes it), unreadable or empty.
+        RunDirError: missing (naming the command that writes it), unreadable or without
+            adaptation returns.
     """
     path = run_dir / "progress.csv"
     if not path.exists():
         raise RunDirError(f"{path} does not exist; `adaptbed train --run-dir {run_dir}` writes it")
+    columns = read_csv_columns(path)
     try:
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-        columns = {k: [float(r[k]) for r in rows] for k in rows[0]} if rows else {}
         adaptation_columns(columns)
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+    except (ValueError, IndexError):
         raise RunDirError(f"{path} is not a progress log written by `adaptbed train` "
-                          f"({type(err).__name__})") from None
+                          "(no return_step_* columns)") from None
     return columns
 
 

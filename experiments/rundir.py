@@ -18,6 +18,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import subprocess
@@ -145,6 +146,24 @@ def git_commit() -> str | None:
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def read_csv_columns(path: Path) -> dict[str, list[float]]:
+    """A numeric CSV log (``progress.csv``, ``timing.csv``) as columns of floats; an empty cell
+    (a column that appeared later) reads as NaN.
+
+    Raises:
+        RunDirError: missing, unreadable, empty or not numeric.
+    """
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            raise ValueError("no rows")
+        return {k: [float(r[k]) if r[k] not in ("", None) else math.nan for r in rows]
+                for k in rows[0]}
+    except (OSError, ValueError, TypeError) as err:
+        raise RunDirError(f"cannot read {path} as a numeric log ({err})") from None
 
 
 class CsvLog:

@@ -1,0 +1,63 @@
+"""Tests of ``adaptbed summary`` (experiments/summary.py) on hand-written logs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments import summary
+
+PROGRESS = """iteration,return_step_0,return_step_1,accepted,rejected_steps,env_steps_total
+0,-10,-8,1,0,100
+1,-9,-5,1,0,200
+2,-8,-6,0,1,300
+3,-7,-2,1,1,400
+"""
+TIMING = """iteration,seconds_sampling,seconds_adapting,seconds_updating,env_steps_per_second,seconds_iteration,rss_mb
+0,1.0,0.1,0.5,100,2.0,10
+1,1.0,0.1,0.5,100,2.0,30
+2,3.0,0.1,0.5,50,4.0,20
+3,1.0,0.1,0.5,100,2.0,
+"""
+
+
+def write_run(tmp_path: Path) -> Path:
+    (tmp_path / "progress.csv").write_text(PROGRESS)
+    (tmp_path / "timing.csv").write_text(TIMING)
+    return tmp_path
+
+
+def test_summary_numbers_are_the_logs_arithmetic(tmp_path, capsys):
+    run = write_run(tmp_path)
+    assert summary.main([str(run), "--last", "2", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["iterations"] == 4 and s["window"] == "iterations 2-3"
+    assert s["return_before_adaptation"] == pytest.approx(-7.5)  # mean of -8, -7
+    assert s["return_after_adaptation"] == pytest.approx(-4.0)  # mean of -6, -2
+    assert (s["best_iteration"], s["best_return_after_adaptation"]) == (3, -2.0)
+    assert (s["accepted_steps"], s["rejected_steps"], s["env_steps"]) == (3, 1, 400)
+    assert s["seconds"] == pytest.approx(10.0)
+    assert s["env_steps_per_second"] == pytest.approx(40.0)  # 400 steps / 10 s
+    assert s["seconds_per_iteration"]["sampling"] == pytest.approx(1.5)
+    assert s["peak_rss_mb"] == 30  # the empty cell is skipped
+
+
+def test_summary_text_names_the_window(tmp_path, capsys):
+    assert summary.main([str(write_run(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert "iterations 0-3" in out and "-5.2" in out  # mean after adaptation of all 4
+
+
+@pytest.mark.parametrize("argv, needle", [([], "adaptbed train"), (["--last", "0"], "--last")])
+def test_summary_bad_input_is_one_line(tmp_path, capsys, argv, needle):
+    assert summary.main([str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and err[0].startswith("adaptbed summary: error:")
+
+
+def test_summary_of_a_log_that_is_not_numeric(tmp_path, capsys):
+    (tmp_path / "progress.csv").write_text("iteration,return_step_0\n0,abc\n")
+    assert summary.main([str(tmp_path)]) == 2
+    assert "numeric" in capsys.readouterr().err
