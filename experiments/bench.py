@@ -1,7 +1,7 @@
 """``adaptbed bench``: sampling throughput of the MuJoCo families against the physics limit.
 
-``adaptbed bench [--family NAME ...] [--json] [--device cpu|cuda] [--quick] [--envs N]
-[--torch-threads N]``
+``adaptbed bench [KEY=VALUE ...] [--family NAME ...] [--json] [--device cpu|cuda] [--quick]
+[--envs N] [--torch-threads N] [--iteration-only]``
 
 For each MuJoCo family, in one run on this machine, it measures (env steps per second, counting
 only the steps of running episodes):
@@ -28,7 +28,8 @@ only the steps of running episodes):
   ``iteration_sampling_sps`` is its sampling throughput at the preset's meta-batch size.
   ``--device cuda`` runs it (policy, adaptation, outer update) on the GPU.
 
-``--quick`` shrinks everything for a smoke run: 4 envs over 50 steps and a meta-batch of
+``--iteration-only`` measures only ``iteration_seconds`` and ``peak_rss_mb``, e.g. to compare
+configs given as ``KEY=VALUE`` overrides. ``--quick`` shrinks everything for a smoke run: 4 envs over 50 steps and a meta-batch of
 2 tasks x 2 episodes; ``--envs N`` sets the throughput runs' size (with ``--quick`` too).
 Every measurement runs with ``--torch-threads`` torch intra-op threads (default 1; see
 ``--help``). Output: one JSON object per family and line with ``--json`` (also ``threads``,
@@ -277,7 +278,7 @@ def measure_iteration(preset: str, device: str, quick: bool, torch_threads: int 
 
 def bench_family(spec: FamilySpec, work: Workload, device: str, quick: bool,
                  torch_threads: int | None = None,
-                 overrides: Sequence[str] = ()) -> dict[str, Any]:
+                 overrides: Sequence[str] = (), iteration_only: bool = False) -> dict[str, Any]:
     """Every measurement of one family, in the order that keeps them independent."""
     threads = default_threads()
     out: dict[str, Any] = {"family": spec.name, "device": device, "threads": threads,
@@ -286,6 +287,8 @@ def bench_family(spec: FamilySpec, work: Workload, device: str, quick: bool,
     out.update(measure_iteration(spec.preset, device, quick, torch_threads, overrides))
     if overrides:
         out["overrides"] = list(overrides)
+    if iteration_only:
+        return out
     out["gym_async_sps"] = gym_vector_sps(spec, work, device, asynchronous=True)
     out["gym_sync_sps"] = gym_vector_sps(spec, work, device, asynchronous=False)
     out["physics_limit_sps"] = physics_limit_sps(spec, work, threads)
@@ -307,6 +310,8 @@ def _sync(device: str) -> None:
 # --- output and command line ----------------------------------------------------------------------
 def render(result: dict[str, Any]) -> str:
     """A readable block for one family."""
+    if "sampler_sps" not in result:
+        return render_iteration(result)
     lines = [f"{result['family']} ({result['envs']} envs x {result['horizon']} steps, "
              f"{result['threads']} threads, {result['torch_threads']} torch threads, "
              f"{result['device']})"]
@@ -320,6 +325,13 @@ def render(result: dict[str, Any]) -> str:
     lines.append(f"  meta-iteration {result['preset']} ({result['meta_batch']}): {split} s; "
                  f"peak RSS {result['peak_rss_mb']:.0f} MB")
     return "\n".join(lines)
+
+
+def render_iteration(result: dict[str, Any]) -> str:
+    split = ", ".join(f"{k} {v:.2f}" for k, v in result["iteration_seconds"].items())
+    return (f"{result['family']}: meta-iteration {result['preset']} ({result['meta_batch']}"
+            f"{', ' + ' '.join(result['overrides']) if result.get('overrides') else ''}): "
+            f"{split} s; peak RSS {result['peak_rss_mb']:.0f} MB")
 
 
 def parser() -> Parser:
@@ -342,6 +354,9 @@ def parser() -> Parser:
                         f"per task (default {FULL.num_envs} = {FULL.tasks} tasks x "
                         f"{FULL.episodes_per_task}; --quick: {QUICK.num_envs} = {QUICK.tasks} x "
                         f"{QUICK.episodes_per_task})")
+    p.add_argument("--iteration-only", action="store_true",
+                   help="measure only the meta-iteration's time split and memory (compare "
+                        "configs quickly)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides of the measured meta-iteration, e.g. "
                         "outer.fisher=first_order")
@@ -385,8 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(torch_threads)
     emit: Callable[[dict[str, Any]], str] = json.dumps if args.json else render
     for spec in specs:
-        print(emit(bench_family(spec, work, args.device, args.quick, torch_threads,
-                                args.overrides)), flush=True)
+        result = bench_family(spec, work, args.device, args.quick, torch_threads,
+                              args.overrides, args.iteration_only)
+        print(emit(result), flush=True)
     return 0
 
 

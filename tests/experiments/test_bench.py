@@ -32,6 +32,17 @@ def test_quick_json_run_reports_every_measurement(capsys):
     assert result["iteration_env_steps"] == 2 * 2 * 2 * 200  # 2 rounds, 2 tasks x 2 episodes
 
 
+def test_iteration_only_measures_the_meta_iteration_with_overrides(capsys):
+    argv = ["outer.fisher_subsample=1", "--quick", "--family", "HalfCheetahVel",
+            "--iteration-only"]
+    assert bench.main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert "sampler_sps" not in result and result["overrides"] == ["outer.fisher_subsample=1"]
+    assert result["iteration_seconds"]["total"] > 0 and result["peak_rss_mb"] > 0
+    assert bench.main(argv) == 0
+    assert "meta-iteration halfcheetah-vel" in capsys.readouterr().out
+
+
 def test_physics_batch_steps_every_environment_every_round(monkeypatch):
     spec = bench.family("HalfCheetahVel")
     work = bench.Workload(tasks=2, episodes_per_task=3, horizon=4)
