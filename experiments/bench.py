@@ -124,11 +124,15 @@ def physics_batch_sps(spec: FamilySpec, work: Workload, threads: int) -> float:
     barrier = threading.Barrier(len(blocks))
 
     def run(block: np.ndarray) -> None:
-        for t in range(work.horizon):
-            for i in block:
-                datas[i].ctrl[:] = controls[t, i]
-                mujoco.mj_step(model, datas[i], frame_skip)
-            barrier.wait()  # rounds in lockstep, as the sampler steps them
+        try:
+            for t in range(work.horizon):
+                for i in block:
+                    datas[i].ctrl[:] = controls[t, i]
+                    mujoco.mj_step(model, datas[i], frame_skip)
+                barrier.wait()  # rounds in lockstep, as the sampler steps them
+        except BaseException:
+            barrier.abort()  # the other threads raise BrokenBarrierError instead of waiting
+            raise
 
     workers = [threading.Thread(target=run, args=(b,)) for b in blocks]
     start = time.perf_counter()

@@ -6,7 +6,7 @@
 then takes one TRPO step from the *same* parameters with every setting ``fisher:subsample``
 (``outer.fisher`` and ``outer.fisher_subsample``). It prints one JSON object per setting:
 
-* ``seconds``: the outer step's wall-clock time;
+* ``seconds``: the outer step's wall-clock time (after one untimed warm-up step);
 * ``surrogate_improvement``: ``loss_before - loss_after`` of the post-adaptation surrogate
   (Schulman et al. 2015, eq. 14) over *all* tasks, the quantity the step maximises;
 * ``kl``, ``ls_steps``, ``accepted``: the exact KL of the accepted step, line-search trials;
@@ -80,7 +80,8 @@ def bench(cfg: cfglib.Config, settings: Sequence[tuple[str, float]], run_dir: Pa
     finally:
         parts.venv.close()
     o, rows = cfg.outer, []
-    for fisher, subsample in settings:
+
+    def take_step(fisher: str, subsample: float) -> tuple[dict, float]:
         parts.policy.load_state_dict(start)
         trpo = TRPO(parts.policy, parts.inner, max_kl=o.max_kl, cg_iters=o.cg_iters,
                     cg_damping=o.cg_damping, ls_max_steps=o.ls_max_steps,
@@ -88,7 +89,11 @@ def bench(cfg: cfglib.Config, settings: Sequence[tuple[str, float]], run_dir: Pa
                     fisher_subsample=subsample)
         began = time.perf_counter()
         step = trpo.step(batch)
-        seconds = time.perf_counter() - began
+        return step, time.perf_counter() - began
+
+    take_step(*settings[-1])  # untimed warm-up (allocator, first autograd/vmap calls)
+    for fisher, subsample in settings:
+        step, seconds = take_step(fisher, subsample)
         rows.append({
             "preset": cfg.preset, "run_dir": None if run_dir is None else str(run_dir),
             "iteration": iteration, "fisher": fisher, "fisher_subsample": subsample,

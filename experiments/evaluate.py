@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import shlex
@@ -107,6 +108,7 @@ class LoadedRun:
     policy: nn.Module
     checkpoint: str
     iteration: int
+    checkpoint_sha256: str = ""
 
 
 def available_device(cfg: cfglib.Config) -> str:
@@ -174,8 +176,9 @@ def load_run(run_dir: Path, checkpoint: str = "latest") -> LoadedRun:
     if not isinstance(state.get("policy"), dict):
         raise RunDirError(f"checkpoint {path} holds no policy")
     policy = policy_from_state(cfg, state["policy"], path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return LoadedRun(run_dir, cfg, family(cfg.env.family).name, policy, checkpoint,
-                     int(state.get("iteration", 0)))
+                     int(state.get("iteration", 0)), digest)
 
 
 # --- tasks -------------------------------------------------------------------------------------
@@ -546,8 +549,10 @@ def write_tensorboard(tb_dir: Path, split: str, agents: dict[str, dict]) -> None
         writer.close()
 
 
-def write_outputs(run_dir: Path, doc: dict) -> list[Path]:
-    """``eval/<split>.{json,csv,png}`` (atomically) and the TensorBoard scalars."""
+def write_outputs(run_dir: Path, doc: dict, tensorboard_agents: Sequence[str] | None = None
+                  ) -> list[Path]:
+    """``eval/<split>.{json,csv,png}`` (atomically) and the TensorBoard scalars of
+    ``tensorboard_agents`` (default: every agent of ``doc``)."""
     from experiments.plot import evaluation_figure, png_bytes  # matplotlib: only when plotting
 
     out = run_dir / "eval"
@@ -556,7 +561,8 @@ def write_outputs(run_dir: Path, doc: dict) -> list[Path]:
     atomic_write_text(paths[0], json.dumps(doc, indent=2) + "\n")
     atomic_write_text(paths[1], csv_text(doc["agents"]))
     atomic_write_bytes(paths[2], png_bytes(evaluation_figure(doc)))
-    write_tensorboard(run_dir / "tb", split, doc["agents"])
+    names = doc["agents"] if tensorboard_agents is None else tensorboard_agents
+    write_tensorboard(run_dir / "tb", split, {n: doc["agents"][n] for n in names})
     return paths
 
 
@@ -588,8 +594,9 @@ def parser() -> Parser:
                    help="evaluate only the first M tasks of the split (quick checks)")
     p.add_argument("--add", action="store_true",
                    help="keep the agents of the existing eval/<split>.json and add (or "
-                        "replace) the ones evaluated now; refused if that file used another "
-                        "protocol (tasks, seeds, checkpoint, K, N)")
+                        "replace) the ones evaluated now (maml is always re-evaluated: same "
+                        "numbers); refused if that file used another protocol (tasks, seeds, "
+                        "checkpoint file, K, N)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     return p
 
@@ -638,6 +645,7 @@ def evaluation_document(request: Request, agents: dict[str, dict],
         "agents": agents,
         "seeds": request.seeds, "checkpoint": request.run.checkpoint,
         "checkpoint_iteration": request.run.iteration,
+        "checkpoint_sha256": request.run.checkpoint_sha256,
         "inner_steps": p.inner_steps, "episodes_per_step": p.episodes_per_step,
         "fast_lr": p.fast_lr, "step_sizes": list(step_sizes(p.fast_lr, p.inner_steps)),
         "horizon": p.horizon,
@@ -648,7 +656,8 @@ def evaluation_document(request: Request, agents: dict[str, dict],
 
 
 PROTOCOL_KEYS = ("split", "family", "tasks", "seeds", "checkpoint", "checkpoint_iteration",
-                 "inner_steps", "episodes_per_step", "step_sizes", "horizon")
+                 "checkpoint_sha256", "inner_steps", "episodes_per_step", "step_sizes",
+                 "horizon")
 
 
 def existing_evaluation(run_dir: Path, split: str) -> dict | None:
@@ -713,7 +722,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if previous is not None:
         doc = merge_evaluations(previous, doc)
     try:
-        paths = write_outputs(request.run.run_dir, doc)
+        paths = write_outputs(request.run.run_dir, doc, list(agents))
     except OSError as err:
         print(f"adaptbed evaluate: error: cannot write results into {request.run.run_dir / 'eval'}"
               f": {err.strerror}", file=sys.stderr)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -30,7 +31,8 @@ from typing import Any, Mapping, Sequence
 from matplotlib.figure import Figure
 
 from experiments.cliutil import Parser
-from experiments.rundir import RunDirError, atomic_write_bytes, read_csv_columns
+from experiments.rundir import (RunDirError, adaptation_columns, atomic_write_bytes,
+                                read_progress)
 
 LABELS = {"maml": "MAML", "pretrained": "pretrained", "random": "random init",
           "oracle": "oracle", "stand_still": "stand still"}
@@ -113,22 +115,13 @@ def overlay_figure(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> Figure:
 
 
 def moving_average(values: Sequence[float], window: int) -> list[float]:
-    """Trailing mean over the last ``window`` values (fewer at the start); ``window=1``: as is."""
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
+    """Trailing mean over the last ``window`` values (fewer at the start), skipping NaN (an
+    iteration whose sampling failed logs NaN returns); NaN where a window holds none."""
+    out = []
+    for i in range(len(values)):
+        chunk = [v for v in values[max(0, i - window + 1): i + 1] if not math.isnan(v)]
+        out.append(sum(chunk) / len(chunk) if chunk else math.nan)
     return out
-
-
-def adaptation_columns(progress: Mapping[str, Sequence[float]]) -> tuple[str, str]:
-    """The before- and after-adaptation return columns: ``return_step_0`` and the last step's."""
-    steps = sorted(int(k.rsplit("_", 1)[1]) for k in progress if k.startswith("return_step_"))
-    if not steps:
-        raise ValueError("no return_step_* columns")
-    return f"return_step_{steps[0]}", f"return_step_{steps[-1]}"
 
 
 def training_figure(runs: Sequence[tuple[str, Mapping[str, Sequence[float]]]],
@@ -140,9 +133,10 @@ def training_figure(runs: Sequence[tuple[str, Mapping[str, Sequence[float]]]],
     for label, progress in runs:
         before, after = adaptation_columns(progress)
         x = progress["iteration"]
+        adapted = after != before
         (line,) = ax.plot(x, moving_average(progress[after], smooth),
-                          label=f"{label}: after adaptation")
-        if after != before:
+                          label=f"{label}: {'after adaptation' if adapted else 'no adaptation'}")
+        if adapted:
             ax.plot(x, moving_average(progress[before], smooth), linestyle="--",
                     color=line.get_color(), label=f"{label}: before adaptation")
     ax.set_xlabel("meta-iteration")
@@ -185,25 +179,6 @@ def read_evaluation(run_dir: Path, split: str) -> dict:
     return doc
 
 
-def read_progress(run_dir: Path) -> dict[str, list[float]]:
-    """``RUN_DIR/progress.csv`` as columns of floats.
-
-    Raises:
-        RunDirError: missing (naming the command that writes it), unreadable or without
-            adaptation returns.
-    """
-    path = run_dir / "progress.csv"
-    if not path.exists():
-        raise RunDirError(f"{path} does not exist; `adaptbed train --run-dir {run_dir}` writes it")
-    columns = read_csv_columns(path)
-    try:
-        adaptation_columns(columns)
-    except (ValueError, IndexError):
-        raise RunDirError(f"{path} is not a progress log written by `adaptbed train` "
-                          "(no return_step_* columns)") from None
-    return columns
-
-
 def run_labels(run_dirs: Sequence[Path]) -> list[str]:
     """Each run's directory name, or its path as given where two names collide."""
     names = [d.resolve().name for d in run_dirs]
@@ -228,6 +203,8 @@ def parser() -> Parser:
 
 def _figure(args: Any) -> tuple[Figure, Path]:
     labels = run_labels(args.run_dirs)
+    if args.smooth != 1 and not args.training:
+        raise RunDirError("--smooth applies to --training curves only")
     if args.training:
         if args.smooth < 1:
             raise RunDirError(f"--smooth must be at least 1, got {args.smooth}")

@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -164,6 +164,33 @@ def read_csv_columns(path: Path) -> dict[str, list[float]]:
                 for k in rows[0]}
     except (OSError, ValueError, TypeError) as err:
         raise RunDirError(f"cannot read {path} as a numeric log ({err})") from None
+
+
+def adaptation_columns(progress: Mapping[str, Sequence[float]]) -> tuple[str, str]:
+    """The before- and after-adaptation return columns: ``return_step_0`` and the last step's."""
+    steps = sorted(int(k.rsplit("_", 1)[1]) for k in progress if k.startswith("return_step_"))
+    if not steps:
+        raise ValueError("no return_step_* columns")
+    return f"return_step_{steps[0]}", f"return_step_{steps[-1]}"
+
+
+def read_progress(run_dir: Path) -> dict[str, list[float]]:
+    """``RUN_DIR/progress.csv`` as columns of floats.
+
+    Raises:
+        RunDirError: missing (naming the command that writes it), unreadable or without
+            adaptation returns.
+    """
+    path = run_dir / "progress.csv"
+    if not path.exists():
+        raise RunDirError(f"{path} does not exist; `adaptbed train --run-dir {run_dir}` writes it")
+    columns = read_csv_columns(path)
+    try:
+        adaptation_columns(columns)
+    except (ValueError, IndexError):
+        raise RunDirError(f"{path} is not a progress log written by `adaptbed train` "
+                          "(no return_step_* columns)") from None
+    return columns
 
 
 class CsvLog:

@@ -8,7 +8,8 @@ It reports the iterations done, the returns before and after adaptation averaged
 ``N`` iterations (default 10; single iterations are noisy) and at the best iteration, the env
 steps, the time spent (the sum of the per-iteration wall-clock times, so process start-up and
 checkpoint writing are not counted) split into sampling / adaptation / outer update, the
-throughput, the peak resident memory, and the outer steps accepted and rejected.
+throughput, the peak resident memory, and how many outer steps were taken (a line search that
+finds no acceptable step takes none) and how many were undone for non-finite values.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from experiments.cliutil import Parser, fail
-from experiments.plot import adaptation_columns, read_progress
-from experiments.rundir import RunDirError, read_csv_columns, read_json
+from experiments.rundir import (RunDirError, adaptation_columns, read_csv_columns,
+                                read_json, read_progress)
 
 PROG = "adaptbed summary"
 
@@ -39,7 +40,8 @@ def summarize_run(progress: dict[str, list[float]], timing: dict[str, list[float
     before, after = adaptation_columns(progress)
     n = len(progress["iteration"])
     tail = slice(max(0, n - last), n)
-    best = max(range(n), key=lambda i: progress[after][i])
+    finite = [i for i in range(n) if math.isfinite(progress[after][i])]
+    best = max(finite, key=lambda i: progress[after][i]) if finite else n - 1
     out: dict[str, Any] = {
         "iterations": n,
         "last_iteration": int(progress["iteration"][-1]),
@@ -50,7 +52,7 @@ def summarize_run(progress: dict[str, list[float]], timing: dict[str, list[float
         "best_return_after_adaptation": progress[after][best],
         "env_steps": int(progress["env_steps_total"][-1]) if "env_steps_total" in progress else None,
         "accepted_steps": int(sum(v for v in progress.get("accepted", []) if math.isfinite(v))),
-        "rejected_steps": int(progress["rejected_steps"][-1]) if "rejected_steps" in progress else 0,
+        "faulted_steps": int(progress["rejected_steps"][-1]) if "rejected_steps" in progress else 0,
     }
     if timing:
         seconds = sum(v for v in timing["seconds_iteration"] if math.isfinite(v))
@@ -76,8 +78,8 @@ def render(run_dir: Path, s: dict[str, Any]) -> str:
              f"  return after adaptation    {s['return_after_adaptation']:10.1f}",
              f"  best after adaptation      {s['best_return_after_adaptation']:10.1f}   "
              f"(iteration {s['best_iteration']})",
-             f"  outer steps                {s['accepted_steps']} accepted, "
-             f"{s['rejected_steps']} rejected"]
+             f"  outer steps                {s['accepted_steps']} of {s['iterations']} taken; "
+             f"{s['faulted_steps']} undone for non-finite values"]
     if s.get("env_steps") is not None:
         lines.append(f"  env steps                  {s['env_steps']:,}")
     if "seconds" in s:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -46,6 +47,9 @@ def stand_still_returns(venv: TaskVectorEnv, tasks: Sequence, episodes_per_task:
     n, e = len(tasks), episodes_per_task
     if venv.num_envs != n * e:
         raise ValueError(f"the simulator holds {venv.num_envs} envs, need {n} tasks x {e} episodes")
+    if not isinstance(venv.action_space, gym.spaces.Box):
+        raise ValueError(f"standing still needs a continuous (Box) action space whose zero "
+                         f"means no force; got {venv.action_space}")
     venv.set_tasks([task for task in tasks for _ in range(e)])
     obs = venv.reset(seed=seed)
     zeros = torch.zeros((n * e, *venv.action_space.shape), device=obs.device)

@@ -49,10 +49,12 @@ class MetaBatch:
 
     @property
     def num_tasks(self) -> int:
+        """``N``, the number of tasks."""
         return self.valid.num_tasks
 
     def first_tasks(self, m: int) -> "MetaBatch":
-        """The batch restricted to its first ``m`` tasks (all their episodes)."""
+        """The batch restricted to its first ``m`` tasks (all their episodes): every tensor
+        ``[m, T, E, ...]``; the batch itself when ``m >= N``."""
         if m >= self.num_tasks:
             return self
         return MetaBatch([e.map(lambda x: x[:m]) for e in self.train],
@@ -192,8 +194,11 @@ class TRPO(OuterOptimizer):
         new = adapted_dist(self.policy, params, batch, self.inner, create_graph=True)
         old = _detach_dist(new)
         loss = surrogate_loss(self.policy, new, old, batch.valid).mean()
-        g = flat(torch.autograd.grad(loss, list(params.values()), retain_graph=True))
-        grad_kl = self._kl_gradient(batch, new, old)
+        reuse = self._fisher_reuses_graph(batch)
+        g = flat(torch.autograd.grad(loss, list(params.values()), retain_graph=reuse))
+        loss = loss.detach()
+        grad_kl = self._kl_gradient(batch, new if reuse else None, old)
+        del new  # without reuse, free the N-task second-order graph before conjugate gradient
 
         def fisher_vector_product(v: Tensor) -> Tensor:
             hv = torch.autograd.grad(grad_kl @ v, list(params.values()), retain_graph=True)
@@ -219,15 +224,20 @@ class TRPO(OuterOptimizer):
         return {**metrics, "loss_after": loss.item(), "kl": 0.0,
                 "ls_steps": float(self.ls_max_steps), "accepted": 0.0}
 
+    def _fisher_reuses_graph(self, batch: MetaBatch) -> bool:
+        """Whether the Fisher is the exact one on every task, i.e. of the gradient's graph."""
+        return (self.fisher == "exact"
+                and fisher_task_count(batch.num_tasks, self.fisher_subsample) == batch.num_tasks)
 
-    def _kl_gradient(self, batch: MetaBatch, new: DistParams, old: DistParams) -> Tensor:
+    def _kl_gradient(self, batch: MetaBatch, new: DistParams | None, old: DistParams) -> Tensor:
         """``d KL / d theta`` with its graph kept, on the tasks the Fisher uses: ``[P]``.
 
         The KL is zero at ``theta`` with a zero gradient; its Hessian is the Fisher metric.
-        ``new`` (the exact graph on every task) is reused when it is the graph needed.
+        ``new``: the adapted distributions with the exact graph on every task, to reuse; None
+        builds the graph the Fisher needs (a subset of the tasks, or first order).
         """
-        m = fisher_task_count(batch.num_tasks, self.fisher_subsample)
-        if self.fisher == "first_order" or m < batch.num_tasks:
+        if new is None:
+            m = fisher_task_count(batch.num_tasks, self.fisher_subsample)
             first_order = self.inner.first_order or self.fisher == "first_order"
             inner = dataclasses.replace(self.inner, first_order=first_order)
             batch = batch.first_tasks(m)

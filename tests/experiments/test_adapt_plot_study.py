@@ -4,6 +4,7 @@ plot`` (overlay of two runs) and ``adaptbed study`` at tiny budgets (a report wi
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -255,6 +256,10 @@ def test_study_rejects_bad_input(tmp_path, capsys):
 def test_moving_average_is_a_trailing_mean():
     assert plot.moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     assert plot.moving_average([1.0, 3.0], 1) == [1.0, 3.0]
+    nan = float("nan")
+    smooth = plot.moving_average([1.0, nan, 3.0, 5.0], 2)  # a failed iteration logs NaN
+    assert smooth[0] == 1.0 and smooth[1] == 1.0 and smooth[2:] == [3.0, 4.0]
+    assert math.isnan(plot.moving_average([nan], 1)[0])
 
 
 def test_plot_training_draws_before_and_after_adaptation_from_progress_csv(run_dir, tmp_path,
@@ -274,3 +279,5 @@ def test_plot_training_draws_before_and_after_adaptation_from_progress_csv(run_d
     one_line_error(rc, capsys.readouterr().err, "plot", "adaptbed train")
     rc = plot.main(["--training", str(run_dir), "--smooth", "0", "--out", str(out)])
     one_line_error(rc, capsys.readouterr().err, "plot", "--smooth")
+    rc = plot.main([str(run_dir), "--smooth", "5", "--out", str(out)])
+    one_line_error(rc, capsys.readouterr().err, "plot", "--training")

@@ -37,7 +37,7 @@ def test_summary_numbers_are_the_logs_arithmetic(tmp_path, capsys):
     assert s["return_before_adaptation"] == pytest.approx(-7.5)  # mean of -8, -7
     assert s["return_after_adaptation"] == pytest.approx(-4.0)  # mean of -6, -2
     assert (s["best_iteration"], s["best_return_after_adaptation"]) == (3, -2.0)
-    assert (s["accepted_steps"], s["rejected_steps"], s["env_steps"]) == (3, 1, 400)
+    assert (s["accepted_steps"], s["faulted_steps"], s["env_steps"]) == (3, 1, 400)
     assert s["seconds"] == pytest.approx(10.0)
     assert s["env_steps_per_second"] == pytest.approx(40.0)  # 400 steps / 10 s
     assert s["seconds_per_iteration"]["sampling"] == pytest.approx(1.5)
@@ -55,6 +55,15 @@ def test_summary_bad_input_is_one_line(tmp_path, capsys, argv, needle):
     assert summary.main([str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0] and err[0].startswith("adaptbed summary: error:")
+
+
+def test_summary_skips_iterations_without_returns(tmp_path, capsys):
+    run = write_run(tmp_path)
+    (run / "progress.csv").write_text(PROGRESS.replace("0,-10,-8,", "0,nan,nan,"))
+    assert summary.main([str(run), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert (s["best_iteration"], s["best_return_after_adaptation"]) == (3, -2.0)
+    assert s["return_after_adaptation"] == pytest.approx(-13 / 3)  # the 3 finite iterations
 
 
 def test_summary_of_a_log_that_is_not_numeric(tmp_path, capsys):

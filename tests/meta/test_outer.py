@@ -219,7 +219,8 @@ def test_subsampled_fisher_is_the_fisher_of_the_first_tasks(fisher):
 
     def fvp(trpo: TRPO, b: MetaBatch) -> torch.Tensor:
         new = outer.adapted_dist(policy, params, b, INNER, create_graph=True)
-        grad_kl = trpo._kl_gradient(b, new, outer._detach_dist(new))
+        reuse = trpo._fisher_reuses_graph(b)
+        grad_kl = trpo._kl_gradient(b, new if reuse else None, outer._detach_dist(new))
         return outer.flat(torch.autograd.grad(grad_kl @ v, list(params.values())))
 
     sub = fvp(TRPO(policy, INNER, fisher=fisher, fisher_subsample=0.5), batch)  # 2 of 3 tasks
@@ -232,13 +233,31 @@ def test_subsampled_fisher_is_the_fisher_of_the_first_tasks(fisher):
 def test_trpo_subsampled_fisher_keeps_the_trust_region():
     """Only the step direction changes: the line search checks the exact KL on every task."""
     for seed in range(3):
-        policy, batch = make_policy(seed), make_batch(seed)
-        before = snapshot(policy)
-        metrics = TRPO(policy, INNER, max_kl=1e-2, fisher_subsample=0.34).step(batch)  # 2 of 3
-        assert metrics["accepted"] == 1.0
-        kl, surrogate = kl_and_surrogate(policy, before, snapshot(policy), batch)
-        assert 0 < kl <= 1e-2 * (1 + 1e-9)
-        assert surrogate < 0
+        steps = {}
+        for subsample in (1.0, 0.34):  # 3 tasks, then 2 of 3
+            policy, batch = make_policy(seed), make_batch(seed)
+            before = snapshot(policy)
+            metrics = TRPO(policy, INNER, max_kl=1e-2, fisher_subsample=subsample).step(batch)
+            assert metrics["accepted"] == 1.0
+            kl, surrogate = kl_and_surrogate(policy, before, snapshot(policy), batch)
+            assert 0 < kl <= 1e-2 * (1 + 1e-9)
+            assert surrogate < 0
+            steps[subsample] = snapshot(policy)
+        assert any(not torch.allclose(steps[1.0][k], steps[0.34][k]) for k in steps[1.0])
+
+
+@pytest.mark.parametrize("fisher", ["exact", "first_order"])
+@pytest.mark.parametrize("inner", [InnerLoop(step_sizes=()), InnerLoop((0.1,), first_order=True)],
+                         ids=["zero-steps", "fomaml"])
+def test_trpo_subsampled_fisher_with_zero_steps_and_first_order_inner_loop(fisher, inner):
+    """The pretrained baseline (no inner step) and FOMAML take subsampled-Fisher steps too."""
+    policy, batch = make_policy(3), make_batch(3)
+    if not inner.num_steps:
+        batch = MetaBatch(train=[], valid=batch.valid)
+    before = snapshot(policy)
+    metrics = TRPO(policy, inner, max_kl=1e-2, fisher=fisher, fisher_subsample=0.34).step(batch)
+    assert metrics["accepted"] == 1.0 and 0 < metrics["kl"] <= 1e-2 * (1 + 1e-9)
+    assert changed(policy, before)
 
 
 @pytest.mark.parametrize("subsample", [0.0, -0.1, 1.01])
