@@ -27,11 +27,14 @@ Every preset uses the TRPO settings of [MAML]/[pmrl] (max_kl 0.01, 10 CG iterati
 gae_lambda 1.0 ([pmrl], [ProMP]: the :class:`MamlConfig` defaults). One deviation: the
 40-task presets estimate the Fisher-vector products on 4 of the 40 tasks
 (``outer.fisher_subsample=0.1``, after [rllab]); the gradient and the line search's exact KL
-check use all 40. On two halfcheetah-vel meta-batches (a fresh policy, and one after 86
-iterations) the step with 0.1 improved the surrogate by 0.00903 and 0.00801 against 0.00915
-and 0.00777 with every task, in 2.3 s instead of 19-21 s (README, "The outer update").
-``outer.fisher_subsample=1`` restores the paper's full Fisher. Shrink a preset for tests
-with overrides, e.g. ``maml.meta_batch_size=2``; there is no "tiny" preset.
+check use all 40. It makes a halfcheetah-vel iteration about 3x faster (10.2 s against 31.9 s,
+``adaptbed bench``). The cost, measured by ``python -m experiments.bench_fisher`` on three
+meta-batches, is a less effective single step later in training: 0.99, 0.57 and 0.43 of the
+full Fisher's surrogate improvement on a fresh policy and after 87 and 500 iterations. Over
+whole runs of the same seed the return after adaptation was the same up to iteration 86 (-119.8
+against -120.3; the full-Fisher run stopped there); whether the subsample costs return by
+iteration 500 is not measured. README, "One meta-iteration, and the outer update", has the
+commands. ``outer.fisher_subsample=1`` restores the paper's full Fisher.
 """
 
 from __future__ import annotations
