@@ -221,18 +221,20 @@ def new_ppo(venv: DummyVecEnv, plan: RolloutPlan, seed: int) -> PPO:
 
 
 # --- oracle -----------------------------------------------------------------------------------
-def oracle_venv(family: str, seed: int, n_envs: int = 4) -> DummyVecEnv:
+def oracle_venv(family: str, seed: int, n_envs: int = 4, start: int = 0) -> DummyVecEnv:
     """``n_envs`` train-distribution envs with the task observed; env ``i`` samples its tasks
-    from ``numpy.random.default_rng(derived_seed(seed, 1, i))``."""
+    from ``numpy.random.default_rng(derived_seed(seed, 1, i))``, or, for a training resumed
+    after ``start > 0`` env steps, from ``default_rng(derived_seed(seed, 1, i, start))``."""
     def factory(i: int) -> Callable[[], gym.Env]:
-        rng = np.random.default_rng(derived_seed(seed, 1, i))
+        key = (1, i) if start == 0 else (1, i, start)
+        rng = np.random.default_rng(derived_seed(seed, *key))
         return lambda: Monitor(make_env(family, task_sampler=rng))
 
     return DummyVecEnv([factory(i) for i in range(n_envs)])
 
 
 def train_oracle(family: str, total_timesteps: int, seed: int, n_envs: int = 4,
-                 callback: BaseCallback | None = None) -> PPO:
+                 callback: BaseCallback | None = None, resume: PPO | None = None) -> PPO:
     """Train the oracle: SB3 PPO on the train task distribution with the task observed.
 
     Args:
@@ -240,17 +242,41 @@ def train_oracle(family: str, total_timesteps: int, seed: int, n_envs: int = 4,
         total_timesteps: env steps over all envs (spent as :func:`rollout_plan` says).
         seed: seeds SB3 and the task generators.
         n_envs: parallel envs (``DummyVecEnv``), each drawing a new task at every episode.
-        callback: an optional SB3 callback (e.g. a progress bar of the caller).
+        callback: an optional SB3 callback (e.g. a progress bar or checkpoints of the caller).
+        resume: a partly trained oracle of the same budget (saved between two rollouts, e.g.
+            by the caller's callback in ``on_rollout_start``) to train on for the remaining
+            ``total_timesteps - resume.num_timesteps`` steps. Its optimizer state is kept; the
+            episodes in flight when it was saved are not, so the envs restart, with task
+            generators and SB3 seeds derived from ``(seed, resume.num_timesteps)``. A resumed
+            training is therefore not bit-identical to an uninterrupted one.
 
     Returns:
         The trained model (CPU). Its observation is ``env obs + task_vector(task)`` and its
         actions are in [-1, 1] for families rescaled by :func:`normalized_actions`; use
         :func:`oracle_returns` to evaluate it.
+
+    Raises:
+        ValueError: ``resume`` has another rollout length than this budget's plan, or has
+            already used the budget.
     """
     plan = rollout_plan(total_timesteps, n_envs)
-    venv = oracle_venv(family, seed, n_envs)
-    model = new_ppo(venv, plan, seed)
-    model.learn(plan.total_timesteps, callback=callback)
+    if resume is None:
+        venv = oracle_venv(family, seed, n_envs)
+        model = new_ppo(venv, plan, seed)
+        model.learn(plan.total_timesteps, callback=callback)
+    else:
+        done = int(resume.num_timesteps)
+        if resume.n_steps != plan.n_steps or resume.n_envs != n_envs:
+            raise ValueError(f"the oracle to resume has rollouts of {resume.n_steps} steps x "
+                             f"{resume.n_envs} envs; this budget uses {plan.n_steps} x {n_envs}")
+        if not 0 <= done < plan.total_timesteps:
+            raise ValueError(f"the oracle to resume has trained {done} of "
+                             f"{plan.total_timesteps} steps: nothing left to train")
+        venv = oracle_venv(family, seed, n_envs, start=done)
+        model = resume
+        model.set_env(venv)
+        model.set_random_seed(derived_seed(seed, 3, done))
+        model.learn(plan.total_timesteps - done, callback=callback, reset_num_timesteps=False)
     venv.close()
     return model
 

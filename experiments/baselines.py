@@ -5,9 +5,11 @@
   MAML (:func:`experiments.train.train`) with ``maml.num_inner_steps=0``, i.e. no adaptation in
   its objective. ``DIR`` (default ``runs/baselines/<preset>/pretrained``) is a normal run
   directory: ``config.json``, ``progress.csv``, ``tb/``, ``checkpoints/latest.pt``, ...
-* ``adaptbed baseline oracle --preset NAME [--timesteps N] [--seed S] [--out DIR]``: SB3 PPO
-  on the train task distribution with the task in the observation (:mod:`agents.sb3`), saved
-  as ``DIR/oracle.zip`` plus ``DIR/oracle.json`` (default ``runs/baselines/<preset>/oracle``).
+* ``adaptbed baseline oracle --preset NAME [--timesteps N] [--seed S] [--out DIR] [--resume]``:
+  SB3 PPO on the train task distribution with the task in the observation (:mod:`agents.sb3`),
+  saved as ``DIR/oracle.zip`` plus ``DIR/oracle.json`` (default
+  ``runs/baselines/<preset>/oracle``). While it trains, ``DIR/oracle-partial.zip`` /
+  ``.json`` hold the model after the latest PPO update; ``--resume`` continues from them.
 
 The evaluate command loads them with :func:`pretrained_policy` and :func:`load_oracle`.
 Bad input (unknown preset, non-positive sizes, an existing output without ``--force``) is a
@@ -38,6 +40,10 @@ from experiments.rundir import (RunDirError, atomic_write_bytes, atomic_write_te
 PROG = "adaptbed baseline"
 ORACLE_ZIP = "oracle.zip"
 ORACLE_JSON = "oracle.json"
+# An unfinished oracle, saved between two PPO rollouts (every 2048 x n_envs steps at most) so
+# that ``--resume`` loses at most one rollout of work; removed when the oracle is finished.
+PARTIAL_ZIP = "oracle-partial.zip"
+PARTIAL_JSON = "oracle-partial.json"
 # Default oracle budgets (env steps). Navigation2D: 200k steps reach a mean return of -0.56 on
 # the 40 test tasks (100k: -0.83; heading straight for the goal: -0.49; standing still: -37.2),
 # in 2.5 min on the 2-core CI machine. MuJoCo families: 1M steps, the RL Baselines3 Zoo budget
@@ -224,11 +230,47 @@ def oracle_outputs_exist(out: Path) -> bool:
 
 
 def save_oracle(model: Any, out: Path, meta: dict[str, Any]) -> None:
-    """Write ``oracle.zip`` then ``oracle.json``, each atomically (temp file, then os.replace)."""
+    """Write ``oracle.zip`` then ``oracle.json``, each atomically (temp file, then os.replace),
+    then remove the partial oracle."""
+    atomic_write_bytes(out / ORACLE_ZIP, model_bytes(model))
+    atomic_write_text(out / ORACLE_JSON, json.dumps(meta, indent=2))
+    for name in (PARTIAL_ZIP, PARTIAL_JSON):
+        (out / name).unlink(missing_ok=True)
+
+
+def model_bytes(model: Any) -> bytes:
     buffer = io.BytesIO()
     model.save(buffer)
-    atomic_write_bytes(out / ORACLE_ZIP, buffer.getvalue())
-    atomic_write_text(out / ORACLE_JSON, json.dumps(meta, indent=2))
+    return buffer.getvalue()
+
+
+def save_partial(model: Any, out: Path, meta: dict[str, Any]) -> None:
+    """Write the partial oracle atomically: the zip (which carries its own step count, the one
+    ``--resume`` uses), then the JSON of settings the zip does not hold (preset, budget, seed,
+    envs, seconds so far)."""
+    atomic_write_bytes(out / PARTIAL_ZIP, model_bytes(model))
+    atomic_write_text(out / PARTIAL_JSON, json.dumps(
+        {**meta, "num_timesteps": int(model.num_timesteps)}, indent=2))
+
+
+def load_partial(out: Path) -> tuple[Any, dict[str, Any]]:
+    """The partial oracle of ``out`` and its metadata.
+
+    Raises:
+        RunDirError: no partial oracle, or an unreadable one.
+    """
+    from stable_baselines3 import PPO
+
+    if not (out / PARTIAL_JSON).exists() or not (out / PARTIAL_ZIP).exists():
+        raise RunDirError(f"{out} holds no unfinished oracle to resume "
+                          f"({PARTIAL_ZIP} and {PARTIAL_JSON})")
+    meta = read_json(out / PARTIAL_JSON)
+    try:
+        model = PPO.load(out / PARTIAL_ZIP, device="cpu")
+    except Exception as err:
+        raise RunDirError(f"the unfinished oracle in {out} is unreadable "
+                          f"({type(err).__name__}); pass --force to start over") from None
+    return model, meta
 
 
 def progress_callback(total: int, enabled: bool) -> Any:
@@ -240,7 +282,8 @@ def progress_callback(total: int, enabled: bool) -> Any:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc="oracle", unit="step", file=sys.stderr,
-                            dynamic_ncols=True, disable=not enabled)
+                            dynamic_ncols=True, disable=not enabled,
+                            initial=self.model.num_timesteps)
 
         def _on_rollout_end(self) -> None:
             infos = self.model.ep_info_buffer
@@ -259,41 +302,104 @@ def progress_callback(total: int, enabled: bool) -> Any:
     return TqdmCallback()
 
 
-def run_oracle(args: argparse.Namespace) -> int:
-    from agents.sb3 import MIN_TIMESTEPS, train_oracle
+def partial_callback(out: Path, meta: dict[str, Any], started: float) -> Any:
+    """An SB3 callback saving the partial oracle at the start of every rollout after the first,
+    i.e. right after each PPO update (SB3 calls ``on_rollout_end`` *before* the update)."""
+    from stable_baselines3.common.callbacks import BaseCallback
 
-    name = family(get_preset(args.preset).env.family).name  # unknown preset: ConfigError
+    class PartialCallback(BaseCallback):
+        def _on_training_start(self) -> None:
+            self.first = int(self.model.num_timesteps)
+
+        def _on_rollout_start(self) -> None:
+            if self.model.num_timesteps > self.first:
+                seconds = meta["seconds_before"] + time.perf_counter() - started
+                settings = {k: v for k, v in meta.items() if k != "seconds_before"}
+                save_partial(self.model, out, {**settings, "seconds": round(seconds, 3)})
+
+        def _on_step(self) -> bool:
+            return True
+
+    return PartialCallback()
+
+
+def oracle_settings(args: argparse.Namespace, out: Path) -> tuple[int, int, int, Any, dict]:
+    """``(timesteps, seed, n_envs, resume_model, partial_meta)`` from the command line and, with
+    ``--resume``, the partial oracle (whose settings the command line may repeat, not change)."""
+    from agents.sb3 import MIN_TIMESTEPS
+
+    if oracle_outputs_exist(out) and not args.force:
+        raise RunDirError(f"{out} already holds an oracle; pass --force to replace it or "
+                          "choose another --out")
+    if args.resume and args.force:
+        raise UsageError("--resume and --force exclude each other")
+    model, meta = None, {}
+    if args.resume:
+        model, meta = load_partial(out)
+        for key, given in (("preset", args.preset), ("timesteps", args.timesteps),
+                           ("seed", args.seed), ("n_envs", args.n_envs)):
+            if given is not None and given != meta.get(key):
+                raise UsageError(f"--{key.replace('_', '-')} {given} differs from the "
+                                 f"unfinished oracle's {meta.get(key)} in {out}")
+        return int(meta["timesteps"]), int(meta["seed"]), int(meta["n_envs"]), model, meta
+    if (out / PARTIAL_JSON).exists() and not args.force:
+        raise RunDirError(f"{out} holds an unfinished oracle; pass --resume to continue it or "
+                          "--force to start over")
     timesteps = args.timesteps
     if timesteps is None:
         timesteps = ORACLE_TIMESTEPS.get(args.preset, DEFAULT_ORACLE_TIMESTEPS)
     if timesteps < MIN_TIMESTEPS:
         raise UsageError(f"--timesteps must be at least {MIN_TIMESTEPS}; got {timesteps}")
-    if args.n_envs < 1:
-        raise UsageError(f"--n-envs must be a positive integer; got {args.n_envs}")
+    n_envs = 4 if args.n_envs is None else args.n_envs
+    if n_envs < 1:
+        raise UsageError(f"--n-envs must be a positive integer; got {n_envs}")
     seed = 0 if args.seed is None else args.seed
     if seed < 0:
         raise UsageError(f"--seed must be >= 0; got {seed}")
+    return timesteps, seed, n_envs, None, {}
+
+
+def run_oracle(args: argparse.Namespace) -> int:
+    from stable_baselines3.common.callbacks import CallbackList
+
+    from agents.sb3 import train_oracle
+
+    name = family(get_preset(args.preset).env.family).name  # unknown preset: ConfigError
     out = Path(args.out or f"runs/baselines/{args.preset}/oracle")
-    if oracle_outputs_exist(out) and not args.force:
-        raise RunDirError(f"{out} already holds an oracle; pass --force to replace it or "
-                          "choose another --out")
+    timesteps, seed, n_envs, resume, previous = oracle_settings(args, out)
+    if args.force:
+        for stale in (PARTIAL_ZIP, PARTIAL_JSON):
+            (out / stale).unlink(missing_ok=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise RunDirError(f"cannot create {out}: {err.strerror}") from None
     if not args.quiet:
-        print(f"{PROG} oracle: SB3 PPO on {name} with the task observed, {timesteps} steps, "
-              f"into {out}", file=sys.stderr)
+        action = (f"resuming at step {resume.num_timesteps:,}" if resume is not None
+                  else "training")
+        print(f"{PROG} oracle: {action} SB3 PPO on {name} with the task observed, "
+              f"{timesteps:,} steps, into {out}", file=sys.stderr)
+    resumed_at = list(previous.get("resumed_at", []))
+    if resume is not None:
+        resumed_at.append(int(resume.num_timesteps))
+    partial_meta = {"preset": args.preset, "family": name, "timesteps": timesteps,
+                    "seed": seed, "n_envs": n_envs, "resumed_at": resumed_at,
+                    "seconds_before": float(previous.get("seconds", 0.0))}
     threads = torch.get_num_threads()
     torch.set_num_threads(ORACLE_TORCH_THREADS)
     started = time.perf_counter()
     try:
-        model = train_oracle(name, timesteps, seed, args.n_envs,
-                             callback=progress_callback(timesteps, not args.quiet))
+        callbacks = CallbackList([progress_callback(timesteps, not args.quiet),
+                                  partial_callback(out, partial_meta, started)])
+        model = train_oracle(name, timesteps, seed, n_envs, callback=callbacks, resume=resume)
+    except ValueError as err:  # a partial oracle that does not fit its own metadata
+        raise RunDirError(f"cannot resume the oracle in {out}: {err}") from None
     finally:
         torch.set_num_threads(threads)
-    meta = oracle_metadata(model, name, args.preset, timesteps, seed, args.n_envs,
-                           time.perf_counter() - started)
+    seconds = partial_meta["seconds_before"] + time.perf_counter() - started
+    meta = oracle_metadata(model, name, args.preset, timesteps, seed, n_envs, seconds)
+    if resumed_at:
+        meta["resumed_at"] = resumed_at
     save_oracle(model, out, meta)
     print(json.dumps({"out": str(out), "baseline": "oracle", "family": name,
                       "timesteps": meta["timesteps_used"], "seconds": meta["seconds"]}))
@@ -324,7 +430,11 @@ def parser() -> argparse.ArgumentParser:
     ora.add_argument("--timesteps", type=int,
                      help=f"env steps (default {ORACLE_TIMESTEPS['navigation-2d']:,} for "
                           f"navigation-2d, {DEFAULT_ORACLE_TIMESTEPS:,} for MuJoCo families)")
-    ora.add_argument("--n-envs", type=int, default=4, help="parallel envs (default 4)")
+    ora.add_argument("--n-envs", type=int, help="parallel envs (default 4)")
+    ora.add_argument("--resume", action="store_true",
+                     help="continue the unfinished oracle of --out from its latest PPO update "
+                          "(not bit-identical to an uninterrupted training: the episodes in "
+                          "flight restart)")
     return p
 
 

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from stable_baselines3 import PPO
 
 from agents.sb3 import oracle_returns, train_oracle
 from envs.splits import get_split
 from experiments import cli
 from experiments import config as cfglib
+from experiments import baselines
 from experiments.baselines import load_oracle, main, pretrained_policy
 from experiments.presets import get_preset
 from experiments.rundir import RunDirError, load_checkpoint
@@ -172,6 +174,66 @@ def test_oracle_force_overwrites(tmp_path, capsys):
     assert (out / "oracle.json").read_text() == before
     assert oracle(out, "--seed", "1", "--force") == 0
     assert json.loads((out / "oracle.json").read_text())["seed"] == 1
+
+
+def interrupt_after_first_update(monkeypatch):
+    """Make the oracle command stop (KeyboardInterrupt) right after its first partial save."""
+    real = baselines.partial_callback
+
+    def stopping(out, meta, started):
+        callback = real(out, meta, started)
+        save = callback._on_rollout_start
+
+        def save_then_stop():
+            save()
+            if callback.model.num_timesteps > 0:
+                raise KeyboardInterrupt
+
+        callback._on_rollout_start = save_then_stop
+        return callback
+
+    monkeypatch.setattr(baselines, "partial_callback", stopping)
+
+
+def test_oracle_resumes_from_its_latest_update(tmp_path, monkeypatch, capsys):
+    """Three 2048-step rollouts; stopped after the first update, then resumed to the end."""
+    torch.set_num_threads(1)
+    out = tmp_path / "o"
+
+    def command(*extra: str) -> int:
+        return main(["oracle", "--preset", NAV, "--out", str(out), "--quiet", *extra])
+
+    interrupt_after_first_update(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        command("--timesteps", "6144", "--n-envs", "1", "--seed", "2")
+    monkeypatch.undo()
+    assert not (out / "oracle.json").exists()
+    partial = json.loads((out / "oracle-partial.json").read_text())
+    assert partial["num_timesteps"] == 2048 and partial["timesteps"] == 6144
+    # The partial model is the uninterrupted training after its first update.
+    saved = PPO.load(out / "oracle-partial.zip", device="cpu").policy.state_dict()
+    first = train_oracle(NAV, 2048, seed=2, n_envs=1).policy.state_dict()
+    assert all(torch.equal(saved[k], first[k]) for k in first)
+
+    capsys.readouterr()
+    assert command() == 2  # neither --resume nor --force
+    assert "--resume" in capsys.readouterr().err
+    assert command("--resume", "--seed", "3") == 2  # another seed than the partial's
+    assert "differs" in capsys.readouterr().err
+    assert command("--resume") == 0
+    meta = json.loads((out / "oracle.json").read_text())
+    assert meta["timesteps_used"] == 6144 and meta["resumed_at"] == [2048] and meta["seed"] == 2
+    assert meta["seconds"] >= partial["seconds"]
+    assert sorted(p.name for p in out.iterdir()) == ["oracle.json", "oracle.zip"]
+    model, _ = load_oracle(out)
+    assert model.num_timesteps == 6144
+    after = model.policy.state_dict()
+    assert not all(torch.equal(after[k], first[k]) for k in first)  # it trained on
+
+
+def test_oracle_resume_needs_a_partial_oracle(tmp_path, capsys):
+    assert main(["oracle", "--preset", NAV, "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "no unfinished oracle" in capsys.readouterr().err
 
 
 def test_console_script_shows_progress_on_stderr(tmp_path):
