@@ -247,7 +247,8 @@ def train_oracle(family: str, total_timesteps: int, seed: int, n_envs: int = 4,
             by the caller's callback in ``on_rollout_start``) to train on for the remaining
             ``total_timesteps - resume.num_timesteps`` steps. Its optimizer state is kept; the
             episodes in flight when it was saved are not, so the envs restart, with task
-            generators and SB3 seeds derived from ``(seed, resume.num_timesteps)``. A resumed
+            generators and SB3 seeds derived from ``(seed, resume.num_timesteps)``
+            (``derived_seed(seed, 1, i, done)`` and ``derived_seed(seed, 5, done)``). A resumed
             training is therefore not bit-identical to an uninterrupted one.
 
     Returns:
@@ -256,8 +257,7 @@ def train_oracle(family: str, total_timesteps: int, seed: int, n_envs: int = 4,
         :func:`oracle_returns` to evaluate it.
 
     Raises:
-        ValueError: ``resume`` has another rollout length than this budget's plan, or has
-            already used the budget.
+        ValueError: ``resume`` does not fit this budget (:func:`check_resumable`).
     """
     plan = rollout_plan(total_timesteps, n_envs)
     if resume is None:
@@ -265,20 +265,35 @@ def train_oracle(family: str, total_timesteps: int, seed: int, n_envs: int = 4,
         model = new_ppo(venv, plan, seed)
         model.learn(plan.total_timesteps, callback=callback)
     else:
+        check_resumable(resume, total_timesteps, n_envs)
         done = int(resume.num_timesteps)
-        if resume.n_steps != plan.n_steps or resume.n_envs != n_envs:
-            raise ValueError(f"the oracle to resume has rollouts of {resume.n_steps} steps x "
-                             f"{resume.n_envs} envs; this budget uses {plan.n_steps} x {n_envs}")
-        if not 0 <= done < plan.total_timesteps:
-            raise ValueError(f"the oracle to resume has trained {done} of "
-                             f"{plan.total_timesteps} steps: nothing left to train")
         venv = oracle_venv(family, seed, n_envs, start=done)
         model = resume
-        model.set_env(venv)
-        model.set_random_seed(derived_seed(seed, 3, done))
+        model.set_env(venv)  # discards the saved last observations: the envs restart
+        model.set_random_seed(derived_seed(seed, 5, done))
         model.learn(plan.total_timesteps - done, callback=callback, reset_num_timesteps=False)
     venv.close()
     return model
+
+
+def check_resumable(model: PPO, total_timesteps: int, n_envs: int) -> None:
+    """Check that ``model`` is a partly trained oracle of this budget: the same rollouts
+    (``n_steps`` x ``n_envs`` of :func:`rollout_plan`), saved between two rollouts, with steps
+    left to train.
+
+    Raises:
+        ValueError: saying which of these does not hold.
+    """
+    plan = rollout_plan(total_timesteps, n_envs)
+    done = int(model.num_timesteps)
+    if model.n_steps != plan.n_steps or model.n_envs != n_envs:
+        raise ValueError(f"it has rollouts of {model.n_steps} steps x {model.n_envs} envs; "
+                         f"this budget uses {plan.n_steps} x {n_envs}")
+    if done % (plan.n_steps * n_envs):
+        raise ValueError(f"it was saved after {done} steps, inside a rollout of "
+                         f"{plan.n_steps * n_envs}")
+    if not 0 <= done < plan.total_timesteps:
+        raise ValueError(f"it has trained {done} of {plan.total_timesteps} steps: nothing left")
 
 
 def oracle_returns(model: PPO, family: str, tasks: Sequence[Any], episodes_per_task: int,

@@ -206,7 +206,7 @@ def oracle_metadata(model: Any, family_name: str, preset: str, timesteps: int, s
         "env_id": family(family_name).env_id,
         "preset": preset,
         "timesteps": timesteps,
-        "timesteps_used": plan.total_timesteps,
+        "timesteps_used": int(model.num_timesteps),
         "seed": seed,
         "n_envs": n_envs,
         "observation": "env observation followed by agents.sb3.task_vector(task)",
@@ -248,6 +248,8 @@ def save_partial(model: Any, out: Path, meta: dict[str, Any]) -> None:
     """Write the partial oracle atomically: the zip (which carries its own step count, the one
     ``--resume`` uses), then the JSON of settings the zip does not hold (preset, budget, seed,
     envs, seconds so far)."""
+    # A crash between the two leaves the JSON one rollout behind the zip: harmless, as --resume
+    # counts the zip's steps, but the JSON's seconds then miss that rollout's time.
     atomic_write_bytes(out / PARTIAL_ZIP, model_bytes(model))
     atomic_write_text(out / PARTIAL_JSON, json.dumps(
         {**meta, "num_timesteps": int(model.num_timesteps)}, indent=2))
@@ -257,7 +259,7 @@ def load_partial(out: Path) -> tuple[Any, dict[str, Any]]:
     """The partial oracle of ``out`` and its metadata.
 
     Raises:
-        RunDirError: no partial oracle, or an unreadable one.
+        RunDirError: no partial oracle, or an unreadable or malformed one.
     """
     from stable_baselines3 import PPO
 
@@ -265,11 +267,16 @@ def load_partial(out: Path) -> tuple[Any, dict[str, Any]]:
         raise RunDirError(f"{out} holds no unfinished oracle to resume "
                           f"({PARTIAL_ZIP} and {PARTIAL_JSON})")
     meta = read_json(out / PARTIAL_JSON)
+    types = {"preset": str, "timesteps": int, "seed": int, "n_envs": int}
+    if not isinstance(meta, dict) or any(not isinstance(meta.get(k), t) for k, t in types.items()):
+        raise RunDirError(f"{out / PARTIAL_JSON} lacks the oracle's settings "
+                          f"({', '.join(types)}); pass --force to start over")
     try:
         model = PPO.load(out / PARTIAL_ZIP, device="cpu")
     except Exception as err:
+        first = str(err).splitlines()[0] if str(err) else ""
         raise RunDirError(f"the unfinished oracle in {out} is unreadable "
-                          f"({type(err).__name__}); pass --force to start over") from None
+                          f"({type(err).__name__}: {first}); pass --force to start over") from None
     return model, meta
 
 
@@ -325,26 +332,36 @@ def partial_callback(out: Path, meta: dict[str, Any], started: float) -> Any:
 
 def oracle_settings(args: argparse.Namespace, out: Path) -> tuple[int, int, int, Any, dict]:
     """``(timesteps, seed, n_envs, resume_model, partial_meta)`` from the command line and, with
-    ``--resume``, the partial oracle (whose settings the command line may repeat, not change)."""
-    from agents.sb3 import MIN_TIMESTEPS
+    ``--resume``, the partial oracle (whose settings the command line may repeat, not change).
 
-    if oracle_outputs_exist(out) and not args.force:
-        raise RunDirError(f"{out} already holds an oracle; pass --force to replace it or "
-                          "choose another --out")
+    The oracle is finished when ``oracle.json`` exists (it is written last). ``--resume`` goes
+    on from the partial oracle even beside a stray ``oracle.zip`` (a crash while finishing).
+    """
+    from agents.sb3 import MIN_TIMESTEPS, check_resumable
+
     if args.resume and args.force:
         raise UsageError("--resume and --force exclude each other")
-    model, meta = None, {}
     if args.resume:
+        if (out / ORACLE_JSON).exists():
+            raise RunDirError(f"{out} already holds a finished oracle: nothing to resume")
         model, meta = load_partial(out)
         for key, given in (("preset", args.preset), ("timesteps", args.timesteps),
                            ("seed", args.seed), ("n_envs", args.n_envs)):
-            if given is not None and given != meta.get(key):
+            if given is not None and given != meta[key]:
                 raise UsageError(f"--{key.replace('_', '-')} {given} differs from the "
-                                 f"unfinished oracle's {meta.get(key)} in {out}")
-        return int(meta["timesteps"]), int(meta["seed"]), int(meta["n_envs"]), model, meta
-    if (out / PARTIAL_JSON).exists() and not args.force:
-        raise RunDirError(f"{out} holds an unfinished oracle; pass --resume to continue it or "
-                          "--force to start over")
+                                 f"unfinished oracle's {meta[key]} in {out}")
+        try:
+            check_resumable(model, meta["timesteps"], meta["n_envs"])
+        except ValueError as err:
+            raise RunDirError(f"cannot resume the oracle in {out}: {err}") from None
+        return meta["timesteps"], meta["seed"], meta["n_envs"], model, meta
+    if not args.force:
+        if oracle_outputs_exist(out):
+            raise RunDirError(f"{out} already holds an oracle; pass --force to replace it or "
+                              "choose another --out")
+        if (out / PARTIAL_JSON).exists():
+            raise RunDirError(f"{out} holds an unfinished oracle; pass --resume to continue it "
+                              "or --force to start over")
     timesteps = args.timesteps
     if timesteps is None:
         timesteps = ORACLE_TIMESTEPS.get(args.preset, DEFAULT_ORACLE_TIMESTEPS)
@@ -367,8 +384,8 @@ def run_oracle(args: argparse.Namespace) -> int:
     name = family(get_preset(args.preset).env.family).name  # unknown preset: ConfigError
     out = Path(args.out or f"runs/baselines/{args.preset}/oracle")
     timesteps, seed, n_envs, resume, previous = oracle_settings(args, out)
-    if args.force:
-        for stale in (PARTIAL_ZIP, PARTIAL_JSON):
+    if args.force:  # a killed --force run then leaves only its own partial oracle behind
+        for stale in (ORACLE_ZIP, ORACLE_JSON, PARTIAL_ZIP, PARTIAL_JSON):
             (out / stale).unlink(missing_ok=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -392,8 +409,6 @@ def run_oracle(args: argparse.Namespace) -> int:
         callbacks = CallbackList([progress_callback(timesteps, not args.quiet),
                                   partial_callback(out, partial_meta, started)])
         model = train_oracle(name, timesteps, seed, n_envs, callback=callbacks, resume=resume)
-    except ValueError as err:  # a partial oracle that does not fit its own metadata
-        raise RunDirError(f"cannot resume the oracle in {out}: {err}") from None
     finally:
         torch.set_num_threads(threads)
     seconds = partial_meta["seconds_before"] + time.perf_counter() - started

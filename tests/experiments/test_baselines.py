@@ -176,8 +176,8 @@ def test_oracle_force_overwrites(tmp_path, capsys):
     assert json.loads((out / "oracle.json").read_text())["seed"] == 1
 
 
-def interrupt_after_first_update(monkeypatch):
-    """Make the oracle command stop (KeyboardInterrupt) right after its first partial save."""
+def interrupt_after_next_update(monkeypatch):
+    """Make the oracle command stop (KeyboardInterrupt) right after its next partial save."""
     real = baselines.partial_callback
 
     def stopping(out, meta, started):
@@ -186,7 +186,7 @@ def interrupt_after_first_update(monkeypatch):
 
         def save_then_stop():
             save()
-            if callback.model.num_timesteps > 0:
+            if callback.model.num_timesteps > callback.first:  # it saved
                 raise KeyboardInterrupt
 
         callback._on_rollout_start = save_then_stop
@@ -196,18 +196,19 @@ def interrupt_after_first_update(monkeypatch):
 
 
 def test_oracle_resumes_from_its_latest_update(tmp_path, monkeypatch, capsys):
-    """Three 2048-step rollouts; stopped after the first update, then resumed to the end."""
+    """A 3-rollout oracle (3 x 2048 steps) replacing a finished one with --force, killed after
+    its first update, resumed and killed after its second, resumed to the end."""
     torch.set_num_threads(1)
     out = tmp_path / "o"
 
     def command(*extra: str) -> int:
         return main(["oracle", "--preset", NAV, "--out", str(out), "--quiet", *extra])
 
-    interrupt_after_first_update(monkeypatch)
+    assert oracle(out) == 0  # a finished oracle, to be replaced
+    interrupt_after_next_update(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        command("--timesteps", "6144", "--n-envs", "1", "--seed", "2")
-    monkeypatch.undo()
-    assert not (out / "oracle.json").exists()
+        command("--force", "--timesteps", "6144", "--n-envs", "1", "--seed", "2")
+    assert sorted(p.name for p in out.iterdir()) == ["oracle-partial.json", "oracle-partial.zip"]
     partial = json.loads((out / "oracle-partial.json").read_text())
     assert partial["num_timesteps"] == 2048 and partial["timesteps"] == 6144
     # The partial model is the uninterrupted training after its first update.
@@ -218,22 +219,44 @@ def test_oracle_resumes_from_its_latest_update(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert command() == 2  # neither --resume nor --force
     assert "--resume" in capsys.readouterr().err
+    assert command("--resume", "--force") == 2
+    assert "exclude" in capsys.readouterr().err
     assert command("--resume", "--seed", "3") == 2  # another seed than the partial's
     assert "differs" in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt):
+        command("--resume")
+    assert json.loads((out / "oracle-partial.json").read_text())["num_timesteps"] == 4096
+    monkeypatch.undo()
+    (out / "oracle.zip").write_bytes(b"stray")  # as if a finishing run died before its JSON
     assert command("--resume") == 0
     meta = json.loads((out / "oracle.json").read_text())
-    assert meta["timesteps_used"] == 6144 and meta["resumed_at"] == [2048] and meta["seed"] == 2
-    assert meta["seconds"] >= partial["seconds"]
+    assert meta["timesteps_used"] == 6144 and meta["resumed_at"] == [2048, 4096]
+    assert meta["seed"] == 2 and meta["seconds"] >= partial["seconds"]
     assert sorted(p.name for p in out.iterdir()) == ["oracle.json", "oracle.zip"]
     model, _ = load_oracle(out)
     assert model.num_timesteps == 6144
     after = model.policy.state_dict()
     assert not all(torch.equal(after[k], first[k]) for k in first)  # it trained on
+    capsys.readouterr()
+    assert command("--resume") == 2
+    assert "nothing to resume" in capsys.readouterr().err
 
 
 def test_oracle_resume_needs_a_partial_oracle(tmp_path, capsys):
-    assert main(["oracle", "--preset", NAV, "--out", str(tmp_path / "none"), "--resume"]) == 2
+    def resume() -> int:
+        return main(["oracle", "--preset", NAV, "--out", str(tmp_path), "--resume"])
+
+    assert resume() == 2
     assert "no unfinished oracle" in capsys.readouterr().err
+    (tmp_path / "oracle-partial.zip").write_bytes(b"not a zip")
+    (tmp_path / "oracle-partial.json").write_text(json.dumps({"preset": NAV}))
+    assert resume() == 2
+    assert "lacks the oracle's settings" in capsys.readouterr().err
+    (tmp_path / "oracle-partial.json").write_text(json.dumps(
+        {"preset": NAV, "timesteps": 6144, "seed": 0, "n_envs": 1}))
+    assert resume() == 2
+    err = capsys.readouterr().err
+    assert "unreadable" in err and len(err.strip().splitlines()) == 1
 
 
 def test_console_script_shows_progress_on_stderr(tmp_path):
