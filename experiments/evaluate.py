@@ -86,7 +86,7 @@ DEFAULT_INNER_STEPS = 3
 RANDOM_INIT_SEED = 1_000_000  # + the evaluation seed: the random agent's initialisation
 EPILOG = """agents: maml always; random (fresh init) and pretrained are fine-tuned like maml;
 ppo trains PPO from scratch per task with K*N*horizon env steps (times each --ppo-budgets
-multiple; reported at step K only); oracle is the per-task expert and stand_still the
+multiple; reported at step K only); oracle is one PPO policy that observes the task and stand_still the
 all-zero action (flat references).
 With several --seeds, per-task values are averaged over seeds, then mean and 95% CI are
 taken over tasks. Results: RUN_DIR/eval/<split>.{json,csv,png}, TensorBoard eval/<split>/<agent>."""
@@ -595,8 +595,9 @@ def parser() -> Parser:
     p.add_argument("--add", action="store_true",
                    help="keep the agents of the existing eval/<split>.json and add (or "
                         "replace) the ones evaluated now (maml is always re-evaluated: same "
-                        "numbers); refused if that file used another protocol (tasks, seeds, "
-                        "checkpoint file, K, N)")
+                        "numbers); refused if that file used another protocol (split, tasks, "
+                        "seeds, horizon, checkpoint name / iteration / file hash, K, N, step "
+                        "sizes)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     return p
 

@@ -366,7 +366,8 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="adaptbed train", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Meta-train a policy with MAML on a task family.",
-        epilog="config keys (override as section.field=value):\n\n" + cfglib.help_text())
+        epilog=cfglib.help_text() + "\n\nThe defaults shown are the base config's (navigation-2d); a "
+               "--preset replaces some of them (see experiments/presets.py).")
     p.add_argument("--preset", default="navigation-2d",
                    help="preset name (one per task family; see `adaptbed envs`)")
     p.add_argument("--seed", type=int, help="run.seed")
