@@ -362,13 +362,31 @@ class Progress:
 
 
 # --- command line ------------------------------------------------------------------------------
-def parser() -> argparse.ArgumentParser:
+DEFAULT_PRESET = "navigation-2d"
+
+
+def preset_in(argv: Sequence[str]) -> str | None:
+    """The value of ``--preset NAME`` / ``--preset=NAME`` in ``argv``, if any."""
+    for i, arg in enumerate(argv):
+        if arg == "--preset" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--preset="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
+    """The command line; ``--help`` lists every config key with ``preset``'s values."""
+    try:
+        shown = get_preset(preset)
+    except cfglib.ConfigError:  # an unknown preset is reported after parsing
+        preset, shown = DEFAULT_PRESET, get_preset(DEFAULT_PRESET)
     p = Parser(
         prog="adaptbed train", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Meta-train a policy with MAML on a task family.",
-        epilog=cfglib.help_text() + "\n\nThe defaults shown are the base config's (navigation-2d); a "
-               "--preset replaces some of them (see experiments/presets.py).")
-    p.add_argument("--preset", default="navigation-2d",
+        epilog=cfglib.help_text(shown) + f"\n\nThe defaults shown are the {preset} preset's; "
+               "`adaptbed train --preset NAME --help` shows another preset's.")
+    p.add_argument("--preset", default=DEFAULT_PRESET,
                    help="preset name (one per task family; see `adaptbed envs`)")
     p.add_argument("--seed", type=int, help="run.seed")
     p.add_argument("--device", help="run.device: cpu or cuda")
@@ -432,7 +450,8 @@ def prepare_run_dir(cfg: cfglib.Config, run_dir: Path, resume: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser(preset_in(argv) or DEFAULT_PRESET).parse_args(argv)
     try:
         cfg, run_dir = resolve(args)
         if args.resume:  # no usable checkpoint: a one-line error, not a traceback

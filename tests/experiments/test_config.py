@@ -300,6 +300,19 @@ def test_help_text_can_show_a_presets_defaults():
     assert "maml.meta_batch_size (int, default 40)" in help_text(get_preset("ant-vel"))
 
 
+@pytest.mark.parametrize("argv, batch", [(["--help"], 20),
+                                         (["--preset", "ant-vel", "--help"], 40),
+                                         (["--preset=ant-vel", "--help"], 40),
+                                         (["--preset", "rocket", "--help"], 20)])
+def test_train_help_shows_the_given_presets_defaults(argv, batch, capsys):
+    from experiments import train
+
+    with pytest.raises(SystemExit) as stop:
+        train.main(argv)
+    assert stop.value.code == 0
+    assert f"maml.meta_batch_size (int, default {batch})" in capsys.readouterr().out
+
+
 def test_flatten_has_every_key():
     flat = flatten(get_preset("ant-dir"))
     assert sorted(flat) == sorted(ALL_KEYS)
