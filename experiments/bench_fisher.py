@@ -11,7 +11,11 @@ then takes one TRPO step from the *same* parameters with every setting ``fisher:
   (Schulman et al. 2015, eq. 14) over *all* tasks, the quantity the step maximises;
 * ``kl``, ``ls_steps``, ``accepted``: the exact KL of the accepted step, line-search trials;
 * ``speedup`` and ``improvement_ratio``: against the first setting (the baseline, by default
-  the paper's ``exact:1``), measured in the same run.
+  the paper's ``exact:1``), measured in the same run;
+* where the step's time goes: ``conjugate_gradient_seconds`` (the Fisher-vector products),
+  ``line_search_adaptations`` and ``line_search_adaptation_seconds`` (each line-search trial
+  re-adapts every task from the candidate parameters and evaluates the adapted policies:
+  ``meta.outer.adapted_dist`` without a graph).
 
 The surrogate improvement per step is what a cheaper Fisher may cost; the line search keeps the
 exact KL bound whatever the estimate (``tests/meta/test_outer.py``).
@@ -20,11 +24,12 @@ exact KL bound whatever the estimate (``tests/meta/test_outer.py``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -59,6 +64,38 @@ def run_config(run_dir: Path | None, preset: str, overrides: Sequence[str]) -> c
     return cfglib.apply_overrides(cfg, overrides)
 
 
+@contextlib.contextmanager
+def timed_outer_parts(timers: dict[str, float]) -> Iterator[None]:
+    """Time ``meta.outer``'s conjugate gradient and graph-free ``adapted_dist`` calls (the
+    line-search trials) into ``timers`` while the block runs."""
+    from meta import outer
+
+    real_cg, real_adapted = outer.conjugate_gradient, outer.adapted_dist
+
+    def cg(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return real_cg(*args, **kwargs)
+        finally:
+            timers["conjugate_gradient"] = (timers.get("conjugate_gradient", 0.0)
+                                            + time.perf_counter() - began)
+
+    def adapted(*args: Any, create_graph: bool, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return real_adapted(*args, create_graph=create_graph, **kwargs)
+        finally:
+            if not create_graph:
+                timers["line_search"] = timers.get("line_search", 0.0) + time.perf_counter() - began
+                timers["line_search_calls"] = timers.get("line_search_calls", 0) + 1
+
+    outer.conjugate_gradient, outer.adapted_dist = cg, adapted
+    try:
+        yield
+    finally:
+        outer.conjugate_gradient, outer.adapted_dist = real_cg, real_adapted
+
+
 def bench(cfg: cfglib.Config, settings: Sequence[tuple[str, float]], run_dir: Path | None,
           iteration: int) -> list[dict]:
     """One meta-batch, one TRPO step per setting from the same parameters."""
@@ -82,15 +119,18 @@ def bench(cfg: cfglib.Config, settings: Sequence[tuple[str, float]], run_dir: Pa
     o, rows = cfg.outer, []
 
     def take_step(fisher: str, subsample: float) -> tuple[dict, float]:
+        timers.clear()
         parts.policy.load_state_dict(start)
         trpo = TRPO(parts.policy, parts.inner, max_kl=o.max_kl, cg_iters=o.cg_iters,
                     cg_damping=o.cg_damping, ls_max_steps=o.ls_max_steps,
                     ls_backtrack_ratio=o.ls_backtrack_ratio, fisher=fisher,
                     fisher_subsample=subsample)
         began = time.perf_counter()
-        step = trpo.step(batch)
+        with timed_outer_parts(timers):
+            step = trpo.step(batch)
         return step, time.perf_counter() - began
 
+    timers: dict[str, float] = {}
     take_step(*settings[-1])  # untimed warm-up (allocator, first autograd/vmap calls)
     for fisher, subsample in settings:
         step, seconds = take_step(fisher, subsample)
@@ -102,6 +142,9 @@ def bench(cfg: cfglib.Config, settings: Sequence[tuple[str, float]], run_dir: Pa
             "surrogate_improvement": step["loss_before"] - step["loss_after"],
             "kl": step["kl"], "ls_steps": step["ls_steps"], "accepted": step["accepted"],
             "return_before_adaptation": metrics["return_step_0"],
+            "conjugate_gradient_seconds": timers.get("conjugate_gradient", 0.0),
+            "line_search_adaptations": int(timers.get("line_search_calls", 0)),
+            "line_search_adaptation_seconds": timers.get("line_search", 0.0),
             "torch_threads": torch.get_num_threads(),
         })
     base = rows[0]

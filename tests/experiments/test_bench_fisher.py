@@ -34,6 +34,12 @@ def test_every_setting_steps_from_the_same_parameters(capsys):
         assert row["accepted"] == 1.0
         assert 0 < row["kl"] <= 0.01 * (1 + 1e-6)  # the exact KL bound, whatever the estimate
         assert row["surrogate_improvement"] > 0
+        # every line-search trial re-adapts from a candidate; it was timed, inside the step
+        assert row["line_search_adaptations"] == row["ls_steps"] >= 1
+        assert 0 < row["line_search_adaptation_seconds"] < row["seconds"]
+        assert 0 < row["conjugate_gradient_seconds"] < row["seconds"]
+    from meta import outer
+    assert outer.adapted_dist.__module__ == "meta.outer"  # the timers are removed afterwards
 
 
 @pytest.mark.parametrize("argv, needle", [
