@@ -1,8 +1,9 @@
 """Benchmark: the TRPO outer step with each Fisher estimate, on the same meta-batch.
 
-``python -m experiments.bench_fisher [--preset NAME] [--run-dir DIR] [--iteration I]
+``python -m experiments.bench_fisher [--preset NAME] [--run-dir DIR [--checkpoint FILE]] [--iteration I]
 [--settings exact:1,exact:0.1,...] [--torch-threads N] [KEY=VALUE ...]`` samples one meta-batch
-(from a run's latest checkpoint with ``--run-dir``, else from the preset's initial policy),
+(from a run's latest checkpoint with ``--run-dir``, or the checkpoint file ``--checkpoint``, else
+from the preset's initial policy),
 then takes one TRPO step from the *same* parameters with every setting ``fisher:subsample``
 (``outer.fisher`` and ``outer.fisher_subsample``). It prints one JSON object per setting:
 
@@ -36,7 +37,7 @@ import torch
 from experiments import config as cfglib
 from experiments.cliutil import Parser, fail
 from experiments.presets import get_preset
-from experiments.rundir import RunDirError, load_latest_checkpoint, read_json
+from experiments.rundir import RunDirError, load_checkpoint, load_latest_checkpoint, read_json
 
 DEFAULT_SETTINGS = "exact:1,exact:0.25,exact:0.1,first_order:1,first_order:0.1"
 
@@ -97,15 +98,18 @@ def timed_outer_parts(timers: dict[str, float]) -> Iterator[None]:
 
 
 def bench(cfg: cfglib.Config, settings: Sequence[tuple[str, float]], run_dir: Path | None,
-          iteration: int) -> list[dict]:
-    """One meta-batch, one TRPO step per setting from the same parameters."""
+          iteration: int, checkpoint: Path | None = None) -> list[dict]:
+    """One meta-batch, one TRPO step per setting from the same parameters: ``checkpoint``'s,
+    else ``run_dir``'s latest, else the preset's initial policy."""
     from experiments.train import build, iteration_tasks
     from meta.adaptation import collect_meta_batch, step_seeds
     from meta.outer import TRPO, fisher_task_count
 
     parts = build(cfg)
     try:
-        if run_dir is not None:
+        if checkpoint is not None:
+            parts.policy.load_state_dict(load_checkpoint(checkpoint)["policy"])
+        elif run_dir is not None:
             state, _ = load_latest_checkpoint(run_dir / "checkpoints")
             parts.policy.load_state_dict(state["policy"])
         start = {k: v.detach().clone() for k, v in parts.policy.state_dict().items()}
@@ -136,6 +140,7 @@ def bench(cfg: cfglib.Config, settings: Sequence[tuple[str, float]], run_dir: Pa
         step, seconds = take_step(fisher, subsample)
         rows.append({
             "preset": cfg.preset, "run_dir": None if run_dir is None else str(run_dir),
+            "checkpoint": None if checkpoint is None else str(checkpoint),
             "iteration": iteration, "fisher": fisher, "fisher_subsample": subsample,
             "fisher_tasks": fisher_task_count(batch.num_tasks, subsample),
             "tasks": batch.num_tasks, "seconds": seconds,
@@ -163,6 +168,8 @@ def parser() -> Parser:
     p.add_argument("--preset", default="halfcheetah-vel", help="preset when no --run-dir")
     p.add_argument("--run-dir", type=Path, default=None,
                    help="start from this run's config and latest checkpoint")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="start from this checkpoint file of --run-dir instead of its latest")
     p.add_argument("--iteration", type=int, default=0,
                    help="meta-iteration whose tasks and seeds to sample (default 0)")
     p.add_argument("--settings", default=DEFAULT_SETTINGS,
@@ -183,7 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
     try:
-        rows = bench(cfg, settings, args.run_dir, args.iteration)
+        if args.checkpoint is not None and args.run_dir is None:
+            raise RunDirError("--checkpoint needs the --run-dir whose config it belongs to")
+        rows = bench(cfg, settings, args.run_dir, args.iteration, args.checkpoint)
     except RunDirError as err:
         return fail("bench_fisher", str(err))
     for row in rows:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -46,8 +47,34 @@ def test_every_setting_steps_from_the_same_parameters(capsys):
     (["--settings", "exact:2"], "setting"),
     (["--run-dir", "/nonexistent/run"], "config.json"),
     (["outer.fisher_subsample=0"], "fisher_subsample"),
+    (["--checkpoint", "/nonexistent.pt"], "--run-dir"),
 ])
 def test_bad_input_is_one_line(argv, needle, capsys):
     assert bench_fisher.main([*TINY, *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
+
+
+def test_checkpoint_chooses_the_starting_parameters(tmp_path, capsys):
+    from experiments import train
+
+    run = tmp_path / "run"
+    tiny = ["maml.meta_batch_size=4", "maml.episodes_per_task=4", "policy.hidden_sizes=16,16"]
+    assert train.main(["--preset", "navigation-2d", "--iterations", "1", "--run-dir", str(run),
+                       "--quiet", *tiny]) == 0
+    first = run / "checkpoints" / "iteration-1.pt"
+    shutil.copy(run / "checkpoints" / "latest.pt", first)
+    assert train.main(["--resume", "--run-dir", str(run), "--iterations", "2", "--quiet"]) == 0
+    capsys.readouterr()
+
+    def row(*extra: str) -> dict:
+        assert bench_fisher.main(["--run-dir", str(run), "--settings", "exact:1",
+                                  "--torch-threads", "1", *extra]) == 0
+        return json.loads(capsys.readouterr().out.splitlines()[0])
+
+    latest, older = row(), row("--checkpoint", str(first))
+    assert latest["checkpoint"] is None and older["checkpoint"] == str(first)
+    assert latest["return_before_adaptation"] != older["return_before_adaptation"]
+    first.write_bytes(b"garbage")
+    assert bench_fisher.main(["--run-dir", str(run), "--checkpoint", str(first)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
