@@ -31,8 +31,8 @@ from envs.tasks import TaskError, task_from_dict, task_to_dict
 from envs.vector import make_vector_env
 from experiments import config as cfglib
 from experiments.cliutil import Parser
-from experiments.evaluate import (CHECKPOINTS, DEFAULT_INNER_STEPS, USER_ERRORS, LoadedRun,
-                                  Protocol, available_device, load_run, policy_from_state,
+from experiments.evaluate import (DEFAULT_INNER_STEPS, USER_ERRORS, LoadedRun, Protocol,
+                                  available_device, checkpoint_name, load_run, policy_from_state,
                                   protocol_of)
 from experiments.rundir import (RunDirError, atomic_write_text, load_checkpoint,
                                 save_checkpoint)
@@ -167,7 +167,8 @@ def parser() -> Parser:
     p.add_argument("--episodes-per-step", type=int,
                    help="episodes per step (default: the run's maml.episodes_per_task)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", default="latest", choices=CHECKPOINTS)
+    p.add_argument("--checkpoint", default="latest", type=checkpoint_name,
+                   help="latest (default), best, or iteration-<k> (kept by run.keep_every)")
     return p
 
 

@@ -132,6 +132,9 @@ class RunConfig:
     """Output folder; empty: runs/<preset>-s<seed>-<timestamp>, chosen by the train script."""
     checkpoint_every: int = 1
     """Write a checkpoint every this many meta-iterations."""
+    keep_every: int = 0
+    """Also keep the checkpoint of every this many meta-iterations, as checkpoints/iteration-<k>.pt
+    (evaluate it with --checkpoint iteration-<k>); 0 keeps none."""
     quiet: bool = False
     """Print no per-iteration progress."""
     max_consecutive_failures: int = 5
@@ -426,6 +429,8 @@ def _validate_sizes(cfg: Config) -> None:
     }
     for key, value in sizes.items():
         _require(value > 0, f"{key} must be a positive integer; got {value}")
+    _require(cfg.run.keep_every >= 0,
+             f"run.keep_every must be >= 0 (0: keep no extra checkpoints); got {cfg.run.keep_every}")
     for size in cfg.policy.hidden_sizes:
         _require(size > 0, f"policy.hidden_sizes must all be positive; got "
                            f"{_format_value(cfg.policy.hidden_sizes)}")

@@ -58,6 +58,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -81,7 +82,16 @@ from meta.adaptation import AdvantageSettings
 from meta.evaluation import ci95, evaluate_adaptation, step_sizes
 
 BASELINES = ("pretrained", "random", "ppo", "oracle", "stand_still")
-CHECKPOINTS = ("latest", "best")
+CHECKPOINTS = ("latest", "best")  # and iteration-<k>, kept by run.keep_every
+
+
+def checkpoint_name(text: str) -> str:
+    """``latest``, ``best`` or ``iteration-<k>`` (argparse type; raises ArgumentTypeError)."""
+    if text in CHECKPOINTS or re.fullmatch(r"iteration-[1-9][0-9]*", text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"unknown checkpoint {text!r}; choose latest, best or iteration-<k> (kept by "
+        "run.keep_every)")
 DEFAULT_INNER_STEPS = 3
 RANDOM_INIT_SEED = 1_000_000  # + the evaluation seed: the random agent's initialisation
 EPILOG = """agents: maml always; random (fresh init) and pretrained are fine-tuned like maml;
@@ -168,8 +178,10 @@ def load_run(run_dir: Path, checkpoint: str = "latest") -> LoadedRun:
         RunDirError: not a run directory, a missing, corrupt or mismatched checkpoint.
         ConfigError: a config that does not parse.
     """
-    if checkpoint not in CHECKPOINTS:
-        raise EvalError(f"unknown checkpoint {checkpoint!r}; choose one of {', '.join(CHECKPOINTS)}")
+    try:
+        checkpoint_name(checkpoint)
+    except argparse.ArgumentTypeError as err:
+        raise EvalError(str(err)) from None
     cfg = load_config(run_dir)
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     state = load_checkpoint(path)
@@ -549,14 +561,20 @@ def write_tensorboard(tb_dir: Path, split: str, agents: dict[str, dict]) -> None
         writer.close()
 
 
+def output_stem(split: str, checkpoint: str) -> str:
+    """The name of an evaluation's files: ``<split>``, or ``<split>-iteration-<k>`` for a kept
+    checkpoint, so that evaluating one never replaces the evaluation of the latest."""
+    return f"{split}-{checkpoint}" if checkpoint.startswith("iteration-") else split
+
+
 def write_outputs(run_dir: Path, doc: dict, tensorboard_agents: Sequence[str] | None = None
                   ) -> list[Path]:
-    """``eval/<split>.{json,csv,png}`` (atomically) and the TensorBoard scalars of
-    ``tensorboard_agents`` (default: every agent of ``doc``)."""
+    """``eval/<stem>.{json,csv,png}`` (atomically; :func:`output_stem`) and the TensorBoard
+    scalars of ``tensorboard_agents`` (default: every agent of ``doc``)."""
     from experiments.plot import evaluation_figure, png_bytes  # matplotlib: only when plotting
 
     out = run_dir / "eval"
-    split = doc["split"]
+    split = output_stem(doc["split"], doc.get("checkpoint", "latest"))
     paths = [out / f"{split}.json", out / f"{split}.csv", out / f"{split}.png"]
     atomic_write_text(paths[0], json.dumps(doc, indent=2) + "\n")
     atomic_write_text(paths[1], csv_text(doc["agents"]))
@@ -589,7 +607,8 @@ def parser() -> Parser:
     p.add_argument("--ppo-budgets", default="1",
                    help="PPO budgets as multiples of the adaptation's K*N*horizon env steps "
                         "(default 1; e.g. 1,10,100)")
-    p.add_argument("--checkpoint", default="latest", choices=CHECKPOINTS)
+    p.add_argument("--checkpoint", default="latest", type=checkpoint_name,
+                   help="latest (default), best, or iteration-<k> (kept by run.keep_every)")
     p.add_argument("--max-tasks", type=int,
                    help="evaluate only the first M tasks of the split (quick checks)")
     p.add_argument("--add", action="store_true",
@@ -661,13 +680,13 @@ PROTOCOL_KEYS = ("split", "family", "tasks", "seeds", "checkpoint", "checkpoint_
                  "horizon")
 
 
-def existing_evaluation(run_dir: Path, split: str) -> dict | None:
-    """``eval/<split>.json`` of ``run_dir`` if there is one.
+def existing_evaluation(run_dir: Path, split: str, checkpoint: str = "latest") -> dict | None:
+    """``eval/<stem>.json`` of ``run_dir`` (:func:`output_stem`) if there is one.
 
     Raises:
         EvalError: it exists but cannot be read as an evaluation.
     """
-    path = run_dir / "eval" / f"{split}.json"
+    path = run_dir / "eval" / f"{output_stem(split, checkpoint)}.json"
     if not path.exists():
         return None
     try:
@@ -684,7 +703,8 @@ def check_same_protocol(old: dict, new: dict) -> None:
     new = json.loads(json.dumps(new))  # tuples -> lists, as read back from JSON
     for key in PROTOCOL_KEYS:
         if old.get(key) != new.get(key):
-            raise EvalError(f"--add: eval/{new['split']}.json was evaluated with another "
+            stem = output_stem(new["split"], new.get("checkpoint", "latest"))
+            raise EvalError(f"--add: eval/{stem}.json was evaluated with another "
                             f"{key} ({_short(old.get(key))} instead of {_short(new.get(key))}); "
                             "rerun without --add to replace it")
 
@@ -708,7 +728,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     try:
         request = resolve(args, log)
-        previous = existing_evaluation(request.run.run_dir, request.split) if args.add else None
+        previous = (existing_evaluation(request.run.run_dir, request.split, request.run.checkpoint)
+                    if args.add else None)
         if previous is not None:  # before minutes of evaluation, not after
             check_same_protocol(previous, evaluation_document(request, {}, argv))
     except USER_ERRORS as err:

@@ -42,7 +42,7 @@ from envs.vector import make_vector_env
 from experiments import config as cfglib
 from experiments.adapt import POLICY_FILE, load_adapted, parse_task
 from experiments.cliutil import Parser
-from experiments.evaluate import CHECKPOINTS, USER_ERRORS, load_run
+from experiments.evaluate import USER_ERRORS, checkpoint_name, load_run
 from experiments.rundir import RunDirError, atomic_write_bytes
 from meta.evaluation import ci95
 from meta.sampler import sample_episodes
@@ -197,8 +197,9 @@ def parser() -> Parser:
     p.add_argument("--video-steps", type=int, metavar="N",
                    help="render only the first N steps (default: the whole episode; software "
                         "rendering takes about 0.1 s per frame)")
-    p.add_argument("--checkpoint", default="latest", choices=CHECKPOINTS,
-                   help="for a run directory: which checkpoint (default latest)")
+    p.add_argument("--checkpoint", default="latest", type=checkpoint_name,
+                   help="for a run directory: latest (default), best, or iteration-<k> (kept by "
+                        "run.keep_every)")
     return p
 
 

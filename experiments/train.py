@@ -165,6 +165,8 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
             stopping = stop.requested  # read once: checkpoint and stop on the same answer
             if (iteration + 1) % cfg.run.checkpoint_every == 0 or last or stopping:
                 save_checkpoint(run_dir / "checkpoints" / "latest.pt", state, keep_previous=True)
+            if cfg.run.keep_every and (iteration + 1) % cfg.run.keep_every == 0:
+                save_checkpoint(run_dir / "checkpoints" / f"iteration-{iteration + 1}.pt", state)
             progress.update(metrics, parts.inner.num_steps)
             if failures >= cfg.run.max_consecutive_failures:
                 raise TrainingDiverged(

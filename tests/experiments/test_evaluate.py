@@ -205,6 +205,25 @@ def test_add_keeps_the_agents_already_evaluated_with_the_same_protocol(run_dir, 
     assert read_doc(run_dir) == added  # refused before evaluating: nothing written
 
 
+def test_kept_checkpoints_are_evaluated_into_their_own_files(tmp_path, capsys):
+    run = train_tiny(tmp_path / "run", ["run.keep_every=1"])
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert {"iteration-1.pt", "iteration-2.pt", "latest.pt"} <= set(names)
+    rc, _, err = run_evaluate(capsys, run, "--max-tasks", 2, "--inner-steps", 1, "--quiet")
+    assert rc == 0, err
+    latest = read_doc(run)
+    rc, out, err = run_evaluate(capsys, run, "--checkpoint", "iteration-1", "--max-tasks", 2,
+                                "--inner-steps", 1, "--quiet")
+    assert rc == 0, err
+    kept = read_doc(run, "test-iteration-1")
+    assert kept["checkpoint"] == "iteration-1" and kept["checkpoint_iteration"] == 1
+    assert latest["checkpoint_iteration"] == 2 and read_doc(run) == latest  # left alone
+    assert kept["agents"]["maml"]["per_task"] != latest["agents"]["maml"]["per_task"]
+    assert "test-iteration-1.json" in out
+    rc, _, err = run_evaluate(capsys, run, "--checkpoint", "iteration-7")
+    assert_one_line_error(rc, err, "iteration-7.pt")
+
+
 def test_ood_split_evaluates_exactly_the_ood_tasks(run_dir, capsys):
     rc, _, err = run_evaluate(capsys, run_dir, "--split", "ood", "--inner-steps", 1, "--quiet")
     assert rc == 0, err
@@ -340,7 +359,8 @@ def test_bad_arguments(run_dir, capsys, argv, fragment):
     assert_one_line_error(rc, err, fragment)
 
 
-@pytest.mark.parametrize("argv", [["--inner-steps", "two"], ["--checkpoint", "first"], []])
+@pytest.mark.parametrize("argv", [["--inner-steps", "two"], ["--checkpoint", "first"],
+                                  ["--checkpoint", "iteration-0"], []])
 def test_argument_errors_are_one_line(run_dir, capsys, argv):
     with pytest.raises(SystemExit) as stop:
         evaluate.main([str(run_dir), *argv] if argv else [])
