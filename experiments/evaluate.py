@@ -84,22 +84,15 @@ from meta.evaluation import ci95, evaluate_adaptation, step_sizes
 BASELINES = ("pretrained", "random", "ppo", "oracle", "stand_still")
 CHECKPOINTS = ("latest", "best")  # and iteration-<k>, kept by run.keep_every
 
-
-def checkpoint_name(text: str) -> str:
-    """``latest``, ``best`` or ``iteration-<k>`` (argparse type; raises ArgumentTypeError)."""
-    if text in CHECKPOINTS or re.fullmatch(r"iteration-[1-9][0-9]*", text):
-        return text
-    raise argparse.ArgumentTypeError(
-        f"unknown checkpoint {text!r}; choose latest, best or iteration-<k> (kept by "
-        "run.keep_every)")
 DEFAULT_INNER_STEPS = 3
 RANDOM_INIT_SEED = 1_000_000  # + the evaluation seed: the random agent's initialisation
 EPILOG = """agents: maml always; random (fresh init) and pretrained are fine-tuned like maml;
 ppo trains PPO from scratch per task with K*N*horizon env steps (times each --ppo-budgets
-multiple; reported at step K only); oracle is one PPO policy that observes the task and stand_still the
-all-zero action (flat references).
+multiple; reported at step K only); oracle is one PPO policy that observes the task, and
+stand_still the all-zero action (flat references).
 With several --seeds, per-task values are averaged over seeds, then mean and 95% CI are
-taken over tasks. Results: RUN_DIR/eval/<split>.{json,csv,png}, TensorBoard eval/<split>/<agent>."""
+taken over tasks. Results: RUN_DIR/eval/<split>.{json,csv,png} (<split>-iteration-<k>.* for
+a kept checkpoint), TensorBoard eval/<split>/<agent>."""
 USER_ERRORS = (RunDirError, cfglib.ConfigError, TaskError, UnknownFamilyError)
 
 
@@ -169,6 +162,15 @@ def policy_from_state(cfg: cfglib.Config, state_dict: dict, where: Path) -> nn.M
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise RunDirError(f"{where} does not match the run's policy ({first})") from None
     return policy
+
+
+def checkpoint_name(text: str) -> str:
+    """``latest``, ``best`` or ``iteration-<k>`` (argparse type; raises ArgumentTypeError)."""
+    if text in CHECKPOINTS or re.fullmatch(r"iteration-[1-9][0-9]*", text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"unknown checkpoint {text!r}; choose latest, best or iteration-<k> (kept by "
+        "run.keep_every)")
 
 
 def load_run(run_dir: Path, checkpoint: str = "latest") -> LoadedRun:
