@@ -102,13 +102,18 @@ class CategoricalMLPPolicy(nn.Module):
         self.logits = mlp([obs_dim, *hidden_sizes, num_actions], activation)
 
     def forward(self, obs: Tensor) -> DistParams:
-        """``obs [..., obs_dim]`` -> ``(log_probs [..., K],)`` (normalised logits)."""
-        return (torch.log_softmax(self.logits(obs), dim=-1),)
+        """``obs [..., obs_dim]`` -> ``(logits [..., K],)``, unnormalised.
+
+        Unnormalised logits have no constraint, so the KL is stationary in them where the two
+        distributions are equal (TRPO's Fisher product relies on it, see
+        :func:`meta.outer.kl_hessian_product`).
+        """
+        return (self.logits(obs),)
 
     @staticmethod
     def log_prob(dist: DistParams, actions: Tensor) -> Tensor:
         """``log pi(a|s)`` for integer actions ``[...]`` (or ``[..., 1]``) -> ``[...]``."""
-        (log_p,) = dist
+        log_p = torch.log_softmax(dist[0], dim=-1)
         index = actions.long()
         if index.dim() == log_p.dim():
             index = index.squeeze(-1)
@@ -116,19 +121,19 @@ class CategoricalMLPPolicy(nn.Module):
 
     @staticmethod
     def entropy(dist: DistParams) -> Tensor:
-        (log_p,) = dist
+        log_p = torch.log_softmax(dist[0], dim=-1)
         return -(log_p.exp() * log_p).sum(-1)
 
     @staticmethod
     def kl(p: DistParams, q: DistParams) -> Tensor:
-        (log_p,), (log_q,) = p, q
+        log_p, log_q = torch.log_softmax(p[0], dim=-1), torch.log_softmax(q[0], dim=-1)
         return (log_p.exp() * (log_p - log_q)).sum(-1)
 
     @staticmethod
     def sample(dist: DistParams, generator: torch.Generator | None = None) -> Tensor:
-        (log_p,) = dist
-        flat = log_p.reshape(-1, log_p.shape[-1]).exp()
-        return torch.multinomial(flat, 1, generator=generator).reshape(log_p.shape[:-1])
+        logits = dist[0]
+        probs = torch.softmax(logits.reshape(-1, logits.shape[-1]), dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).reshape(logits.shape[:-1])
 
     @staticmethod
     def mode(dist: DistParams) -> Tensor:
@@ -148,15 +153,25 @@ def dist_params(policy: nn.Module, params: Mapping[str, Tensor], obs: Tensor) ->
     return functional_call(policy, dict(params), (obs,))
 
 
-def batched_dist_params(policy: nn.Module, params: Mapping[str, Tensor], obs: Tensor) -> DistParams:
+def batched_dist_params(policy: nn.Module, params: Mapping[str, Tensor], obs: Tensor,
+                        batching: str = "batched") -> DistParams:
     """One forward for N tasks, each with its own parameters.
 
     Args:
         params: every tensor has a leading task dim ``[N, ...]``.
         obs: ``[N, ..., D]``.
+        batching: ``"batched"``, one ``vmap``-ed forward over the tasks; ``"loop"``, one
+            forward per task, then stacked. Same numbers; the loop is faster on the CPU at
+            meta-batch sizes (README, "Benchmarks of the inner loop").
     Returns:
         dist params with leading dim ``[N, ...]``.
     """
+    if batching == "loop":
+        per_task = [functional_call(policy, {k: v[i] for k, v in params.items()}, (obs[i],))
+                    for i in range(obs.shape[0])]
+        return tuple(torch.stack(parts) for parts in zip(*per_task))
+    if batching != "batched":
+        raise ValueError(f"unknown batching {batching!r}; known: ('batched', 'loop')")
     return torch.func.vmap(lambda p, o: functional_call(policy, p, (o,)))(dict(params), obs)
 
 

@@ -22,7 +22,8 @@ only the steps of running episodes):
 * ``sampler_over_physics``, ``sampler_over_physics_batch``, ``sampler_over_best_gym``: the
   ratios; ``iteration_over_physics``: ``iteration_sampling_sps / physics_limit_sps``.
 * ``iteration_seconds``: ``sampling`` / ``adaptation`` / ``outer_update`` / ``total`` seconds of
-  one meta-iteration of the family's default preset (``experiments/presets.py``, built with
+  one warm meta-iteration (the second of the process; ``first_iteration_seconds``: the first,
+  with its one-off costs) of the family's default preset (``experiments/presets.py``, built with
   :func:`experiments.train.build`), run in a fresh process whose ``peak_rss_mb`` (peak resident
   memory of that process, interpreter, torch and MuJoCo included) is reported with it;
   ``iteration_sampling_sps`` is its sampling throughput at the preset's meta-batch size.
@@ -212,10 +213,14 @@ def gym_vector_sps(spec: FamilySpec, work: Workload, device: str, asynchronous: 
 
 def iteration_split(preset: str, device: str, quick: bool, torch_threads: int | None = None,
                     overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Seconds of one meta-iteration of ``preset`` by phase, and this process's peak RSS.
+    """Seconds by phase of the first two meta-iterations of ``preset``, as training runs them,
+    and this process's peak RSS.
 
+    ``iteration_seconds`` is the second iteration's: a training run is made of warm iterations,
+    while the first one also pays one-off costs (first ``vmap`` and autograd calls, the
+    allocator growing to the meta-batch's size), reported as ``first_iteration_seconds``.
     Meant to run in a fresh process (see :func:`measure_iteration`), so that ``peak_rss_mb``
-    is the iteration's own peak (the interpreter, torch and MuJoCo included).
+    is the iterations' own peak (the interpreter, torch and MuJoCo included).
     """
     from experiments.train import build, iteration_tasks
     from meta.adaptation import collect_meta_batch, step_seeds
@@ -225,31 +230,32 @@ def iteration_split(preset: str, device: str, quick: bool, torch_threads: int | 
     overrides = [f"run.device={device}", *(QUICK_ITERATION if quick else ()), *overrides]
     cfg = cfglib.apply_overrides(get_preset(preset), overrides)
     parts = build(cfg)
+    split: list[dict[str, float]] = []
     try:
-        tasks = iteration_tasks(parts.task_source, cfg, 0)
-        seeds = step_seeds(cfg.run.seed, 0, parts.inner.num_steps + 1)
-        start = time.perf_counter()
-        batch, metrics = collect_meta_batch(
-            parts.venv, parts.policy, dict(parts.policy.named_parameters()), tasks,
-            parts.inner, cfg.maml.episodes_per_task, parts.advantages, seeds)
-        _sync(device)
-        update_start = time.perf_counter()
-        parts.outer.step(batch)
-        _sync(device)
-        end = time.perf_counter()
+        for iteration in range(2):
+            tasks = iteration_tasks(parts.task_source, cfg, iteration)
+            seeds = step_seeds(cfg.run.seed, iteration, parts.inner.num_steps + 1)
+            start = time.perf_counter()
+            batch, metrics = collect_meta_batch(
+                parts.venv, parts.policy, dict(parts.policy.named_parameters()), tasks,
+                parts.inner, cfg.maml.episodes_per_task, parts.advantages, seeds)
+            _sync(device)
+            update_start = time.perf_counter()
+            parts.outer.step(batch)
+            _sync(device)
+            end = time.perf_counter()
+            split.append({"sampling": metrics["seconds_sampling"],
+                          "adaptation": metrics["seconds_adapting"],
+                          "outer_update": end - update_start, "total": end - start})
     finally:
         parts.venv.close()
     return {
         "preset": preset,
         "meta_batch": f"{cfg.maml.meta_batch_size}x{cfg.maml.episodes_per_task}",
-        "iteration_seconds": {
-            "sampling": metrics["seconds_sampling"],
-            "adaptation": metrics["seconds_adapting"],
-            "outer_update": end - update_start,
-            "total": end - start,
-        },
+        "iteration_seconds": split[1],
+        "first_iteration_seconds": split[0],
         "iteration_env_steps": int(metrics["env_steps"]),
-        "iteration_sampling_sps": metrics["env_steps"] / max(metrics["seconds_sampling"], 1e-9),
+        "iteration_sampling_sps": metrics["env_steps"] / max(split[1]["sampling"], 1e-9),
         "peak_rss_mb": peak_rss_mb(),
     }
 

@@ -1,4 +1,5 @@
-"""Benchmark: batched vs per-task-loop inner loop (adapt + second-order meta-gradient).
+"""Benchmark: batched vs per-task-loop inner loop (adapt + second-order meta-gradient, the adapted
+policies evaluated in the same form).
 
 ``python -m experiments.bench_inner [--preset NAME ...] [--device cpu|cuda] [--repeats R]``
 prints one JSON object per preset with the seconds of one adaptation + meta-gradient in each
@@ -49,7 +50,8 @@ def time_form(policy, train, valid, batching: str, repeats: int, device: str) ->
             torch.cuda.synchronize()
         start = time.perf_counter()
         adapted = adapt(policy, params, [train], inner, create_graph=True)
-        loss = reinforce_loss(policy, adapted, valid, per_task_params=True).mean()
+        loss = reinforce_loss(policy, adapted, valid, per_task_params=True,
+                              batching=batching).mean()
         torch.autograd.grad(loss, list(params.values()))
         if device == "cuda":
             torch.cuda.synchronize()

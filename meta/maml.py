@@ -78,17 +78,21 @@ def _append_last_observation(episodes: Episodes) -> tuple[Tensor, Tensor]:
 
 # --- losses -------------------------------------------------------------------------------------
 def log_probs(policy: nn.Module, params: Mapping[str, Tensor], episodes: Episodes,
-              per_task_params: bool) -> Tensor:
+              per_task_params: bool, batching: str = "batched") -> Tensor:
     """``log pi(a_t | s_t)`` of the episodes' actions under ``params``: ``[N, T, E]``.
 
-    With ``per_task_params`` every tensor of ``params`` has a leading task dim ``[N, ...]``.
+    With ``per_task_params`` every tensor of ``params`` has a leading task dim ``[N, ...]``,
+    evaluated in the form ``batching`` (see :func:`agents.policies.batched_dist_params`).
     """
-    forward = batched_dist_params if per_task_params else dist_params
-    return policy.log_prob(forward(policy, params, episodes.observations), episodes.actions)
+    if per_task_params:
+        dist = batched_dist_params(policy, params, episodes.observations, batching)
+    else:
+        dist = dist_params(policy, params, episodes.observations)
+    return policy.log_prob(dist, episodes.actions)
 
 
 def reinforce_loss(policy: nn.Module, params: Mapping[str, Tensor], episodes: Episodes,
-                   per_task_params: bool) -> Tensor:
+                   per_task_params: bool, batching: str = "batched") -> Tensor:
     """REINFORCE with a baseline (Williams 1992; MAML eq. 4 estimated from samples).
 
     ``L_i = - sum_{t,e} m_{t,e} log pi(a_{t,e}|s_{t,e}) A_{t,e} / sum_{t,e} m_{t,e}``, per task:
@@ -96,7 +100,7 @@ def reinforce_loss(policy: nn.Module, params: Mapping[str, Tensor], episodes: Ep
     """
     if episodes.advantages is None:
         raise ValueError("episodes have no advantages: call meta.maml.with_advantages first")
-    logp = log_probs(policy, params, episodes, per_task_params)
+    logp = log_probs(policy, params, episodes, per_task_params, batching)
     return -weighted_mean(logp * episodes.advantages, episodes.mask)
 
 

@@ -103,8 +103,8 @@ def test_gaussian_sample_reproducible_and_distributed():
 def test_categorical_log_prob_entropy_kl_match_torch_distributions():
     policy = _categorical()
     obs = torch.randn(4, 6, 3, dtype=F64)
-    (log_p,) = p = policy(obs)
-    torch.testing.assert_close(log_p.exp().sum(-1), torch.ones(4, 6, dtype=F64))
+    p = policy(obs)
+    torch.testing.assert_close(p[0], policy.logits(obs))  # unnormalised logits
     ref_p = Categorical(logits=policy.logits(obs))
     actions = torch.randint(0, 4, (4, 6))
     expected = ref_p.log_prob(actions)
@@ -133,7 +133,7 @@ def test_categorical_sample_reproducible_and_distributed():
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.min() >= 0 and a.max() < 4
     freq = torch.bincount(a.reshape(-1), minlength=4).to(F64) / a.numel()
-    torch.testing.assert_close(freq, dist[0][0, 0].detach().exp(), rtol=0, atol=0.02)
+    torch.testing.assert_close(freq, torch.softmax(dist[0][0, 0].detach(), -1), rtol=0, atol=0.02)
     assert torch.equal(policy.mode(dist), dist[0].argmax(-1))
 
 
@@ -172,13 +172,14 @@ def test_dist_params_is_differentiable_in_the_given_parameters():
     assert all(p.grad is None for p in policy.parameters())
 
 
+@pytest.mark.parametrize("batching", ["batched", "loop"])
 @pytest.mark.parametrize("make", [_gaussian, _categorical], ids=["gaussian", "categorical"])
-def test_batched_dist_params_equals_per_task_loop(make):
+def test_batched_dist_params_equals_per_task_loop(make, batching):
     policy = make()
     n = 3
     stacked = _random_params_like(policy, n, seed=2)
     obs = torch.randn(n, 6, 4, 3, dtype=F64)
-    got = batched_dist_params(policy, stacked, obs)
+    got = batched_dist_params(policy, stacked, obs, batching)
     for i in range(n):
         expected = dist_params(policy, {k: v[i] for k, v in stacked.items()}, obs[i])
         for x, y in zip(got, expected):
@@ -188,13 +189,20 @@ def test_batched_dist_params_equals_per_task_loop(make):
     assert not torch.allclose(got[0][0], got[0][1])
 
 
-def test_batched_dist_params_gradients_stay_per_task():
+@pytest.mark.parametrize("batching", ["batched", "loop"])
+def test_batched_dist_params_gradients_stay_per_task(batching):
     policy = _gaussian()
     stacked = {k: v.requires_grad_() for k, v in _random_params_like(policy, 3, seed=3).items()}
     obs = torch.randn(3, 5, 3, dtype=F64)
-    mean, _ = batched_dist_params(policy, stacked, obs)
+    mean, _ = batched_dist_params(policy, stacked, obs, batching)
     (g,) = torch.autograd.grad(mean[1].sum(), [stacked["mean.0.weight"]])
     assert g[0].abs().sum() == 0 and g[2].abs().sum() == 0 and g[1].abs().sum() > 0
+
+
+def test_batched_dist_params_rejects_an_unknown_batching():
+    with pytest.raises(ValueError, match="unknown batching 'vectorised'"):
+        batched_dist_params(_gaussian(), _random_params_like(_gaussian(), 2, seed=0),
+                            torch.randn(2, 5, 3, dtype=F64), "vectorised")
 
 
 # --- construction ----------------------------------------------------------------------------------

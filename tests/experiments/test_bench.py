@@ -25,10 +25,11 @@ def test_quick_json_run_reports_every_measurement(capsys):
     assert result["family"] == "HalfCheetahVel" and result["preset"] == "halfcheetah-vel"
     for key in KEYS:
         assert math.isfinite(result[key]) and result[key] > 0, key
-    split = result["iteration_seconds"]
-    for key in SPLIT:
-        assert math.isfinite(split[key]) and split[key] > 0, key
-    assert split["total"] >= split["sampling"] + split["outer_update"]
+    for name in ("iteration_seconds", "first_iteration_seconds"):  # warm, then the first
+        split = result[name]
+        for key in SPLIT:
+            assert math.isfinite(split[key]) and split[key] > 0, key
+        assert split["total"] >= split["sampling"] + split["outer_update"]
     assert result["iteration_env_steps"] == 2 * 2 * 2 * 200  # 2 rounds, 2 tasks x 2 episodes
 
 

@@ -210,8 +210,8 @@ def test_fisher_task_count_is_the_rounded_up_fraction(num_tasks, subsample, expe
 
 @pytest.mark.parametrize("fisher", ["exact", "first_order"])
 def test_subsampled_fisher_is_the_fisher_of_the_first_tasks(fisher):
-    """The KL gradient (whose derivative is the Fisher) with ``fisher_subsample`` is the full one
-    of the batch cut to its first ``ceil(subsample * N)`` tasks."""
+    """The Fisher-vector product with ``fisher_subsample`` is the full one of the batch cut to its
+    first ``ceil(subsample * N)`` tasks."""
     policy, batch = make_policy(2), make_batch(2)
     params = dict(policy.named_parameters())
     v = torch.randn(sum(p.numel() for p in params.values()), dtype=F64,
@@ -220,14 +220,100 @@ def test_subsampled_fisher_is_the_fisher_of_the_first_tasks(fisher):
     def fvp(trpo: TRPO, b: MetaBatch) -> torch.Tensor:
         new = outer.adapted_dist(policy, params, b, INNER, create_graph=True)
         reuse = trpo._fisher_reuses_graph(b)
-        grad_kl = trpo._kl_gradient(b, new if reuse else None, outer._detach_dist(new))
-        return outer.flat(torch.autograd.grad(grad_kl @ v, list(params.values())))
+        return trpo._fisher_product(b, new if reuse else None, outer._detach_dist(new))(v)
 
     sub = fvp(TRPO(policy, INNER, fisher=fisher, fisher_subsample=0.5), batch)  # 2 of 3 tasks
     full_of_first = fvp(TRPO(policy, INNER, fisher=fisher), batch.first_tasks(2))
     full = fvp(TRPO(policy, INNER, fisher=fisher), batch)
     torch.testing.assert_close(sub, full_of_first)
     assert not torch.allclose(sub, full)
+
+
+def textbook_fisher_product(policy, params, batch: MetaBatch, inner: InnerLoop, v):
+    """``d/dtheta (dKL/dtheta . v)``: the Hessian-vector product by double backward, third
+    derivatives of the inner loss included (the reference for the Gauss-Newton form)."""
+    new = outer.adapted_dist(policy, params, batch, inner, create_graph=True)
+    kl = outer.mean_kl(policy, outer._detach_dist(new), new, batch.valid).mean()
+    grad = outer.flat(torch.autograd.grad(kl, list(params.values()), create_graph=True))
+    return outer.flat(torch.autograd.grad(grad @ v, list(params.values())))
+
+
+def categorical_batch(seed: int, steps: int, k: int = 4) -> MetaBatch:
+    """Episodes with integer actions in ``[0, k)`` for a categorical policy."""
+    def episodes(s: int) -> Episodes:
+        e = make_episodes(s)
+        g = torch.Generator().manual_seed(s)
+        return dataclasses.replace(e, actions=torch.randint(0, k, (N, T, E), generator=g).to(F64))
+    return MetaBatch(train=[episodes(1000 + seed + i) for i in range(steps)],
+                     valid=episodes(2000 + seed))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+@pytest.mark.parametrize("step_sizes", [(), (0.1,), (0.1, 0.05)], ids=["0", "1", "2"])
+def test_gauss_newton_fisher_product_equals_the_kl_hessian(kind, step_sizes):
+    """``J^T H_z J v`` equals the exact Hessian of the mean KL through 0, 1 and 2 inner steps."""
+    from agents.policies import CategoricalMLPPolicy
+
+    inner = InnerLoop(step_sizes=step_sizes)
+    if kind == "gaussian":
+        policy = make_policy(4)
+        batch = MetaBatch(train=[make_episodes(1000 + i) for i in range(len(step_sizes))],
+                          valid=make_episodes(2000))
+    else:
+        torch.manual_seed(4)
+        policy = CategoricalMLPPolicy(D, 4, hidden_sizes=(8,), activation="tanh").to(F64)
+        batch = categorical_batch(4, len(step_sizes))
+    params = dict(policy.named_parameters())
+    new = outer.adapted_dist(policy, params, batch, inner, create_graph=True)
+    product = outer.kl_hessian_product(policy, list(params.values()), outer._detach_dist(new),
+                                       new, batch.valid)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        v = torch.randn(sum(p.numel() for p in params.values()), dtype=F64, generator=g)
+        expected = textbook_fisher_product(policy, params, batch, inner, v)
+        torch.testing.assert_close(product(v), expected, rtol=1e-9, atol=1e-12)
+        assert float(expected.norm()) > 1e-3  # not trivially zero
+
+
+def test_gauss_newton_fisher_product_refuses_a_kl_that_is_not_stationary():
+    """Normalised log-probabilities as distribution parameters: ``dKL/dz != 0`` at ``z == old``,
+    where ``J^T H_z J`` is not the Hessian; a clear error rather than a wrong metric."""
+    from agents.policies import CategoricalMLPPolicy
+
+    class LogProbPolicy(CategoricalMLPPolicy):
+        def forward(self, obs):
+            return (torch.log_softmax(self.logits(obs), -1),)
+
+        @staticmethod
+        def kl(p, q):
+            return (p[0].exp() * (p[0] - q[0])).sum(-1)
+
+    torch.manual_seed(0)
+    policy = LogProbPolicy(D, 4, hidden_sizes=(8,)).to(F64)
+    batch = categorical_batch(0, 1)
+    params = dict(policy.named_parameters())
+    new = outer.adapted_dist(policy, params, batch, INNER, create_graph=True)
+    with pytest.raises(ValueError, match="non-zero gradient"):
+        outer.kl_hessian_product(policy, list(params.values()), outer._detach_dist(new), new,
+                                 batch.valid)
+
+
+@pytest.mark.parametrize("subsample", [1.0, 0.34])
+def test_trpo_step_is_the_same_with_batched_and_looped_inner_loops(subsample):
+    """``adapted_dist`` evaluates the adapted policies in the inner loop's form; the step the
+    optimizer takes does not depend on it."""
+    steps = {}
+    for batching in ("batched", "loop"):
+        policy, batch = make_policy(5), make_batch(5)
+        inner = InnerLoop(step_sizes=(0.1,), batching=batching)
+        metrics = TRPO(policy, inner, max_kl=1e-2, fisher_subsample=subsample).step(batch)
+        assert metrics["accepted"] == 1.0
+        steps[batching] = (snapshot(policy), metrics)
+    (a, ma), (b, mb) = steps["batched"], steps["loop"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-9, atol=1e-12)
+    assert ma["ls_steps"] == mb["ls_steps"]
+    assert ma["kl"] == pytest.approx(mb["kl"], rel=1e-9)
 
 
 def test_trpo_subsampled_fisher_keeps_the_trust_region():
