@@ -260,13 +260,33 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return plain(cfg)
 
 
+#: Keys that older versions wrote to ``config.json`` and that never changed what a run does;
+#: :func:`from_dict` ignores them, so older run directories still load. Key -> why it went.
+RETIRED_KEYS = {
+    "run.eval_every": "never used (removed in commit 214abe3)",
+}
+
+
 def from_dict(d: dict[str, Any]) -> Config:
-    """The inverse of :func:`to_dict`; missing keys keep their defaults.
+    """The inverse of :func:`to_dict`; missing keys keep their defaults, and the
+    :data:`RETIRED_KEYS` of older versions are ignored.
 
     Raises:
         ConfigError: an unknown key (the message lists the valid ones) or a value of the wrong type.
     """
-    return _build(Config, d, "")
+    return _build(Config, _without_retired(d), "")
+
+
+def _without_retired(d: Any) -> Any:
+    """``d`` without the :data:`RETIRED_KEYS` (a copy; ``d`` itself is not changed)."""
+    if not isinstance(d, dict):
+        return d
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for key in RETIRED_KEYS:
+        section, _, name = key.partition(".")
+        if isinstance(d.get(section), dict):
+            d[section].pop(name, None)
+    return d
 
 
 def _build(cls: type, d: Any, prefix: str) -> Any:

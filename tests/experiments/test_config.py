@@ -78,6 +78,15 @@ def test_from_dict_rejects_unknown_keys_and_lists_valid_ones(d, key, valid):
     assert valid in str(err.value)
 
 
+def test_from_dict_ignores_the_retired_keys_of_older_run_directories():
+    """A config.json written before ``run.eval_every`` was removed still loads, unchanged."""
+    old = {"run": {"seed": 3, "eval_every": 0}, "maml": {"fast_lr": 0.2}}
+    cfg = from_dict(old)
+    assert cfg.run.seed == 3 and cfg.maml.fast_lr == 0.2
+    assert old["run"] == {"seed": 3, "eval_every": 0}  # the caller's dict is not modified
+    assert "eval_every" not in to_dict(cfg)["run"]
+
+
 @pytest.mark.parametrize("d", [
     {"maml": {"meta_batch_size": "20"}},
     {"maml": {"meta_batch_size": True}},
