@@ -29,7 +29,8 @@ only the steps of running episodes):
   ``iteration_sampling_sps`` is its sampling throughput at the preset's meta-batch size.
   ``--device cuda`` runs it (policy, adaptation, outer update) on the GPU.
 
-``--iteration-only`` measures only ``iteration_seconds`` and ``peak_rss_mb``, e.g. to compare
+``--iteration-only`` measures only ``iteration_seconds``, ``first_iteration_seconds`` and
+``peak_rss_mb``, e.g. to compare
 configs given as ``KEY=VALUE`` overrides. ``--quick`` shrinks everything for a smoke run: 4 envs over 50 steps and a meta-batch of
 2 tasks x 2 episodes; ``--envs N`` sets the throughput runs' size (with ``--quick`` too).
 Every measurement runs with ``--torch-threads`` torch intra-op threads (default 1; see
@@ -346,8 +347,8 @@ def render_iteration(result: dict[str, Any]) -> str:
 
 def parser() -> Parser:
     p = Parser(prog=PROG, description="Sampling throughput of the MuJoCo families: the batched "
-               "simulator against bare physics and Gymnasium's vector envs; one meta-iteration's "
-               "time split.")
+               "simulator against bare physics and Gymnasium's vector envs; the time split of a "
+               "warm meta-iteration (the second of a fresh process) and of the first.")
     p.add_argument("--family", nargs="+", action="extend", metavar="NAME",
                    help="MuJoCo families (name, id or preset; default: all)")
     p.add_argument("--json", action="store_true", help="one JSON object per family and line")

@@ -27,9 +27,9 @@ Every preset uses the TRPO settings of [MAML]/[pmrl] (max_kl 0.01, 10 CG iterati
 gae_lambda 1.0 ([pmrl], [ProMP]: the :class:`MamlConfig` defaults). One deviation: the
 40-task presets estimate the Fisher-vector products on 4 of the 40 tasks
 (``outer.fisher_subsample=0.1``, after [rllab]); the gradient and the line search's exact KL
-check use all 40. It makes a halfcheetah-vel iteration about 3x faster (10.2 s against 31.9 s,
+check use all 40. It makes a halfcheetah-vel iteration about 2x faster (7.5 s against 15.1 s,
 ``adaptbed bench``). The cost, measured by ``python -m experiments.bench_fisher`` on three
-meta-batches, is a less effective single step later in training: 0.99, 0.57 and 0.43 of the
+meta-batches, is a less effective single step later in training: 0.99, 0.59 and 0.44 of the
 full Fisher's surrogate improvement on a fresh policy and after 87 and 500 iterations. Over
 whole runs of the same seed the return after adaptation was the same up to iteration 86 (-119.8
 against -120.3; the full-Fisher run stopped there); whether the subsample costs return by

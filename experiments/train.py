@@ -38,10 +38,10 @@ from meta.maml import InnerLoop
 from meta.outer import MetaBatch, OuterOptimizer, make_outer
 
 # The inner-loop form `maml.inner_batching=auto` uses per device. CPU: measured with
-# `python -m experiments.bench_inner` on 2 cores (README): on halfcheetah-vel the per-task loop
-# took 0.70 s against 1.20 s batched; on navigation-2d the two are within noise (0.17 s against
-# 0.15 s idle, 0.14 s against 0.25 s loaded). CUDA: batched, since one vmap-ed kernel per layer
-# should beat N small ones; not yet measured (no GPU lent).
+# `python -m experiments.bench_inner` on 2 cores (README, 18:05 UTC): on halfcheetah-vel the
+# per-task loop took 0.50 s against 1.18 s batched; on navigation-2d 0.13 s against 0.15 s.
+# CUDA: batched, since one vmap-ed kernel per layer should beat N small ones; not yet measured
+# (no GPU lent).
 AUTO_BATCHING = {"cpu": "loop", "cuda": "batched"}
 
 

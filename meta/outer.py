@@ -267,16 +267,16 @@ def kl_hessian_product(policy: nn.Module, params: Sequence[Tensor], old: DistPar
         ValueError: the policy's distribution parameters are not a stationary point of its
             KL at ``z == old`` (e.g. normalised log-probabilities), where the form is not exact.
     """
-    stationary = torch.autograd.grad(policy.kl(old, new).sum(), new, retain_graph=True)
+    z = tuple(d.detach().clone().requires_grad_() for d in old)  # H_z is taken at z == old
+    stationary = torch.autograd.grad(policy.kl(old, z).sum(), z)
     if any(bool((g.abs() > 1e-4).any()) for g in stationary):
         raise ValueError(f"{type(policy).__name__}.kl has a non-zero gradient in the new "
                          "distribution's parameters where they equal the old ones: TRPO's "
                          "Fisher product needs parameters without constraints (e.g. logits "
                          "rather than normalised log-probabilities)")
-    probes = tuple(torch.zeros_like(z, requires_grad=True) for z in new)
-    jt_probe = flat(torch.autograd.grad(new, params, grad_outputs=probes, create_graph=True))
-    z = tuple(d.detach().requires_grad_() for d in new)
     kl_grad = torch.autograd.grad(mean_kl(policy, old, z, valid).mean(), z, create_graph=True)
+    probes = tuple(torch.zeros_like(d, requires_grad=True) for d in new)
+    jt_probe = flat(torch.autograd.grad(new, params, grad_outputs=probes, create_graph=True))
 
     def product(v: Tensor) -> Tensor:
         jv = torch.autograd.grad(jt_probe, probes, grad_outputs=v, retain_graph=True)
