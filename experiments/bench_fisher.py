@@ -13,6 +13,9 @@ then takes one TRPO step from the *same* parameters with every setting ``fisher:
 * ``kl``, ``ls_steps``, ``accepted``: the exact KL of the accepted step, line-search trials;
 * ``speedup`` and ``improvement_ratio``: against the first setting (the baseline, by default
   the paper's ``exact:1``), measured in the same run;
+* ``collect_seconds``: the sampling and adaptation of the meta-batch (measured once), and
+  ``improvement_per_iteration_second``: ``surrogate_improvement / (collect_seconds + seconds)``,
+  what the setting's step gains per second of a whole meta-iteration;
 * where the step's time goes: ``conjugate_gradient_seconds`` (the Fisher-vector products),
   ``line_search_adaptations`` and ``line_search_adaptation_seconds`` (each line-search trial
   re-adapts every task from the candidate parameters and evaluates the adapted policies:
@@ -121,6 +124,7 @@ def bench(cfg: cfglib.Config, settings: Sequence[tuple[str, float]], run_dir: Pa
     finally:
         parts.venv.close()
     o, rows = cfg.outer, []
+    collect_seconds = metrics["seconds_sampling"] + metrics["seconds_adapting"]
 
     def take_step(fisher: str, subsample: float) -> tuple[dict, float]:
         timers.clear()
@@ -151,6 +155,9 @@ def bench(cfg: cfglib.Config, settings: Sequence[tuple[str, float]], run_dir: Pa
             "line_search_adaptations": int(timers.get("line_search_calls", 0)),
             "line_search_adaptation_seconds": timers.get("line_search", 0.0),
             "torch_threads": torch.get_num_threads(),
+            "collect_seconds": collect_seconds,
+            "improvement_per_iteration_second": (step["loss_before"] - step["loss_after"])
+            / (collect_seconds + seconds),
         })
     base = rows[0]
     for row in rows:

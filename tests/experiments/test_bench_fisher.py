@@ -39,6 +39,9 @@ def test_every_setting_steps_from_the_same_parameters(capsys):
         assert row["line_search_adaptations"] == row["ls_steps"] >= 1
         assert 0 < row["line_search_adaptation_seconds"] < row["seconds"]
         assert 0 < row["conjugate_gradient_seconds"] < row["seconds"]
+        assert row["collect_seconds"] == rows[0]["collect_seconds"] > 0  # one meta-batch
+        assert row["improvement_per_iteration_second"] == pytest.approx(
+            row["surrogate_improvement"] / (row["collect_seconds"] + row["seconds"]))
     from meta import outer
     assert outer.adapted_dist.__module__ == "meta.outer"  # the timers are removed afterwards
 
