@@ -17,9 +17,9 @@ then takes one TRPO step from the *same* parameters with every setting ``fisher:
   ``improvement_per_iteration_second``: ``surrogate_improvement / (collect_seconds + seconds)``,
   what the setting's step gains per second of a whole meta-iteration;
 * where the step's time goes: ``conjugate_gradient_seconds`` (the Fisher-vector products),
-  ``line_search_adaptations`` and ``line_search_adaptation_seconds`` (each line-search trial
-  re-adapts every task from the candidate parameters and evaluates the adapted policies:
-  ``meta.outer.adapted_dist`` without a graph).
+  ``line_search_adaptations`` and ``line_search_adaptation_seconds`` (the line-search trials,
+  ``meta.outer.candidate_loss_and_kl``: each re-adapts the tasks from the candidate
+  parameters and evaluates the adapted policies, stopping early once the KL bound is broken).
 
 The surrogate improvement per step is what a cheaper Fisher may cost; the line search keeps the
 exact KL bound whatever the estimate (``tests/meta/test_outer.py``).
@@ -70,11 +70,11 @@ def run_config(run_dir: Path | None, preset: str, overrides: Sequence[str]) -> c
 
 @contextlib.contextmanager
 def timed_outer_parts(timers: dict[str, float]) -> Iterator[None]:
-    """Time ``meta.outer``'s conjugate gradient and graph-free ``adapted_dist`` calls (the
-    line-search trials) into ``timers`` while the block runs."""
+    """Time ``meta.outer``'s conjugate gradient and line-search trials
+    (``candidate_loss_and_kl``) into ``timers`` while the block runs."""
     from meta import outer
 
-    real_cg, real_adapted = outer.conjugate_gradient, outer.adapted_dist
+    real_cg, real_trial = outer.conjugate_gradient, outer.candidate_loss_and_kl
 
     def cg(*args: Any, **kwargs: Any) -> Any:
         began = time.perf_counter()
@@ -84,20 +84,19 @@ def timed_outer_parts(timers: dict[str, float]) -> Iterator[None]:
             timers["conjugate_gradient"] = (timers.get("conjugate_gradient", 0.0)
                                             + time.perf_counter() - began)
 
-    def adapted(*args: Any, create_graph: bool, **kwargs: Any) -> Any:
+    def trial(*args: Any, **kwargs: Any) -> Any:
         began = time.perf_counter()
         try:
-            return real_adapted(*args, create_graph=create_graph, **kwargs)
+            return real_trial(*args, **kwargs)
         finally:
-            if not create_graph:
-                timers["line_search"] = timers.get("line_search", 0.0) + time.perf_counter() - began
-                timers["line_search_calls"] = timers.get("line_search_calls", 0) + 1
+            timers["line_search"] = timers.get("line_search", 0.0) + time.perf_counter() - began
+            timers["line_search_calls"] = timers.get("line_search_calls", 0) + 1
 
-    outer.conjugate_gradient, outer.adapted_dist = cg, adapted
+    outer.conjugate_gradient, outer.candidate_loss_and_kl = cg, trial
     try:
         yield
     finally:
-        outer.conjugate_gradient, outer.adapted_dist = real_cg, real_adapted
+        outer.conjugate_gradient, outer.candidate_loss_and_kl = real_cg, real_trial
 
 
 def bench(cfg: cfglib.Config, settings: Sequence[tuple[str, float]], run_dir: Path | None,

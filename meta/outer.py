@@ -55,10 +55,14 @@ class MetaBatch:
     def first_tasks(self, m: int) -> "MetaBatch":
         """The batch restricted to its first ``m`` tasks (all their episodes): every tensor
         ``[m, T, E, ...]``; the batch itself when ``m >= N``."""
-        if m >= self.num_tasks:
+        return self.task_range(0, m)
+
+    def task_range(self, start: int, stop: int) -> "MetaBatch":
+        """The batch restricted to tasks ``start:stop``; the batch itself when that is all."""
+        if start <= 0 and stop >= self.num_tasks:
             return self
-        return MetaBatch([e.map(lambda x: x[:m]) for e in self.train],
-                         self.valid.map(lambda x: x[:m]))
+        return MetaBatch([e.map(lambda x: x[start:stop]) for e in self.train],
+                         self.valid.map(lambda x: x[start:stop]))
 
 
 # --- pure pieces --------------------------------------------------------------------------------
@@ -176,6 +180,9 @@ class TRPO(OuterOptimizer):
     Tasks are drawn i.i.d., so those are a uniform random subset, and the mean KL over them is
     an unbiased estimate of the mean over all tasks. The products cost about that fraction;
     the gradient and the line search still use every task, so the exact KL bound holds.
+
+    Each line-search trial stops as soon as the KL bound is certainly broken
+    (:func:`candidate_loss_and_kl`), with the decisions of the full evaluation.
     """
 
     def __init__(self, policy: nn.Module, inner: InnerLoop, max_kl: float = 0.01,
@@ -215,9 +222,11 @@ class TRPO(OuterOptimizer):
         theta = flat([p.detach() for p in params.values()])
         for k in range(self.ls_max_steps):
             candidate = unflat(theta - self.ls_backtrack_ratio**k * full_step, params)
-            new_dist = adapted_dist(self.policy, candidate, batch, self.inner, create_graph=False)
-            new_loss = surrogate_loss(self.policy, new_dist, old, batch.valid).mean().detach()
-            new_kl = mean_kl(self.policy, old, new_dist, batch.valid).mean().detach()
+            trial = candidate_loss_and_kl(self.policy, candidate, batch, self.inner, old,
+                                          self.max_kl)
+            if trial is None:  # the KL bound is already broken
+                continue
+            new_loss, new_kl = trial
             if _finite(new_loss, new_kl) and new_loss < loss and new_kl <= self.max_kl:
                 self._write(candidate)
                 return {**metrics, "loss_after": float(new_loss), "kl": float(new_kl),
@@ -245,6 +254,39 @@ class TRPO(OuterOptimizer):
             new = adapted_dist(self.policy, self.params, batch, inner, create_graph=True)
             old = tuple(d[:m] for d in old)
         return kl_hessian_product(self.policy, list(self.params.values()), old, new, batch.valid)
+
+
+#: The line search evaluates a candidate on this many chunks of the tasks at most, checking
+#: the KL bound after each (see :func:`candidate_loss_and_kl`).
+LINE_SEARCH_CHUNKS = 8
+
+
+@torch.no_grad()
+def candidate_loss_and_kl(policy: nn.Module, candidate: Mapping[str, Tensor], batch: MetaBatch,
+                          inner: InnerLoop, old: DistParams, max_kl: float
+                          ) -> tuple[Tensor, Tensor] | None:
+    """The surrogate and the mean KL (scalars) of the policies adapted from ``candidate``, for
+    one line-search trial; None once the KL bound is certainly broken.
+
+    The tasks are adapted and evaluated in up to :data:`LINE_SEARCH_CHUNKS` chunks. Every
+    task's KL is non-negative, so as soon as the KL summed over the tasks done so far exceeds
+    ``N * max_kl`` the mean over all ``N`` tasks does too: the trial is rejected without the
+    remaining tasks. The decision is the one the full evaluation would take (up to float
+    rounding exactly at the bound), and a completed trial's numbers are those of all tasks
+    (each task is adapted on its own either way).
+    """
+    n = batch.num_tasks
+    size = math.ceil(n / LINE_SEARCH_CHUNKS)
+    losses, kls = [], []
+    for start in range(0, n, size):
+        part = batch.task_range(start, start + size)
+        part_old = tuple(d[start:start + size] for d in old)
+        dist = adapted_dist(policy, candidate, part, inner, create_graph=False)
+        losses.append(surrogate_loss(policy, dist, part_old, part.valid))
+        kls.append(mean_kl(policy, part_old, dist, part.valid))
+        if start + size < n and bool(torch.cat(kls).sum() > n * max_kl):
+            return None
+    return torch.cat(losses).mean(), torch.cat(kls).mean()
 
 
 def kl_hessian_product(policy: nn.Module, params: Sequence[Tensor], old: DistParams,

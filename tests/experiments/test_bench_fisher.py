@@ -43,7 +43,7 @@ def test_every_setting_steps_from_the_same_parameters(capsys):
         assert row["improvement_per_iteration_second"] == pytest.approx(
             row["surrogate_improvement"] / (row["collect_seconds"] + row["seconds"]))
     from meta import outer
-    assert outer.adapted_dist.__module__ == "meta.outer"  # the timers are removed afterwards
+    assert outer.candidate_loss_and_kl.__module__ == "meta.outer"  # timers removed afterwards
 
 
 @pytest.mark.parametrize("argv, needle", [

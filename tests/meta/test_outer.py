@@ -372,7 +372,8 @@ def test_trpo_rejected_line_search_leaves_parameters_unchanged(monkeypatch):
     monkeypatch.setattr(outer, "surrogate_loss", never_better)
     opt = TRPO(policy, INNER, max_kl=0.01, ls_max_steps=6)
     metrics = opt.step(batch)
-    assert len(calls) == 1 + 6
+    # the gradient's, then 6 trials of up to N one-task chunks (a trial stops at a broken KL)
+    assert 1 + 6 <= len(calls) <= 1 + 6 * N
     assert metrics["accepted"] == 0.0 and metrics["ls_steps"] == 6.0 and metrics["kl"] == 0.0
     assert metrics["loss_after"] == metrics["loss_before"]
     for k, v in policy.named_parameters():
@@ -393,6 +394,35 @@ def test_trpo_rejects_candidates_outside_the_trust_region(monkeypatch):
     monkeypatch.setattr(outer, "mean_kl", huge_kl)
     metrics = TRPO(policy, INNER, max_kl=0.01, ls_max_steps=4).step(make_batch(2))
     assert metrics["accepted"] == 0.0 and not changed(policy, before)
+
+
+def test_line_search_trial_equals_the_full_evaluation_and_stops_early_past_the_bound(monkeypatch):
+    """A trial's surrogate and KL are those of all tasks at once; once the tasks seen so far
+    hold more than ``N * max_kl`` of KL, the remaining tasks are not even adapted."""
+    policy, batch = make_policy(6), make_batch(6)
+    params = dict(policy.named_parameters())
+    old = outer._detach_dist(outer.adapted_dist(policy, params, batch, INNER, create_graph=False))
+    g = torch.Generator().manual_seed(0)
+    candidate = {k: v.detach() + 0.05 * torch.randn(v.shape, generator=g, dtype=F64)
+                 for k, v in params.items()}
+    full = outer._detach_dist(
+        outer.adapted_dist(policy, candidate, batch, INNER, create_graph=False))
+    loss = outer.surrogate_loss(policy, full, old, batch.valid).mean()
+    kl = outer.mean_kl(policy, old, full, batch.valid).mean()
+    assert kl > 0
+    got = outer.candidate_loss_and_kl(policy, candidate, batch, INNER, old, max_kl=10 * float(kl))
+    assert got is not None
+    torch.testing.assert_close(got[0], loss, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(got[1], kl, rtol=1e-12, atol=1e-15)
+
+    first = float(outer.mean_kl(policy, tuple(d[:1] for d in old), tuple(d[:1] for d in full),
+                                batch.task_range(0, 1).valid)[0].detach())
+    real, adapted = outer.adapted_dist, []
+    monkeypatch.setattr(outer, "adapted_dist", lambda *a, **k: adapted.append(1) or real(*a, **k))
+    bound = 0.99 * first / N  # the first task alone already breaks it
+    assert outer.candidate_loss_and_kl(policy, candidate, batch, INNER, old, bound) is None
+    assert len(adapted) == 1  # one chunk (one task of N = 3) adapted, not all
+    assert kl > bound  # the full evaluation rejects it too
 
 
 def test_trpo_without_an_improving_direction_changes_nothing():
