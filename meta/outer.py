@@ -273,7 +273,7 @@ def candidate_loss_and_kl(policy: nn.Module, candidate: Mapping[str, Tensor], ba
     ``N * max_kl`` the mean over all ``N`` tasks does too: the trial is rejected without the
     remaining tasks. The decision is the one the full evaluation would take (up to float
     rounding exactly at the bound), and a completed trial's numbers are those of all tasks
-    (each task is adapted on its own either way).
+    (each task's adaptation depends on its own episodes only).
     """
     n = batch.num_tasks
     size = math.ceil(n / LINE_SEARCH_CHUNKS)
