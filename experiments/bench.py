@@ -21,6 +21,10 @@ only the steps of running episodes):
   the same envs, tasks, seeds, horizon and policy forward per step.
 * ``sampler_over_physics``, ``sampler_over_physics_batch``, ``sampler_over_best_gym``: the
   ratios; ``iteration_over_physics``: ``iteration_sampling_sps / physics_limit_sps``.
+* ``iteration_physics_batch_sps``: ``physics_batch_sps`` over as many environments as the
+  measured meta-iteration samples at once (800 for the 40 tasks x 20 episodes presets), and
+  ``iteration_over_physics_batch``: ``iteration_sampling_sps`` against it, the sampler's share
+  of what the simulator alone does on the same working set.
 * ``iteration_seconds``: ``sampling`` / ``adaptation`` / ``outer_update`` / ``total`` seconds of
   one warm meta-iteration (the second of the process; ``first_iteration_seconds``: the first,
   with its one-off costs) of the family's default preset (``experiments/presets.py``, built with
@@ -36,7 +40,8 @@ configs given as ``KEY=VALUE`` overrides. ``--quick`` shrinks everything for a s
 Every measurement runs with ``--torch-threads`` torch intra-op threads (default 1; see
 ``--help``). Output: one JSON object per family and line with ``--json`` (also ``threads``,
 the stepping threads = cores, ``torch_threads``, ``envs``, ``horizon``, ``preset``,
-``meta_batch``, ``iteration_env_steps``), else a readable block per family.
+``meta_batch``, ``iteration_env_steps``, ``iteration_tasks``,
+``iteration_episodes_per_task``), else a readable block per family.
 """
 
 from __future__ import annotations
@@ -256,6 +261,8 @@ def iteration_split(preset: str, device: str, quick: bool, torch_threads: int | 
         "iteration_seconds": split[1],
         "first_iteration_seconds": split[0],
         "iteration_env_steps": int(metrics["env_steps"]),
+        "iteration_tasks": cfg.maml.meta_batch_size,
+        "iteration_episodes_per_task": cfg.maml.episodes_per_task,
         "iteration_sampling_sps": metrics["env_steps"] / max(split[1]["sampling"], 1e-9),
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -308,6 +315,11 @@ def bench_family(spec: FamilySpec, work: Workload, device: str, quick: bool,
     out["sampler_over_physics"] = out["sampler_sps"] / out["physics_limit_sps"]
     out["sampler_over_physics_batch"] = out["sampler_sps"] / out["physics_batch_sps"]
     out["iteration_over_physics"] = out["iteration_sampling_sps"] / out["physics_limit_sps"]
+    meta_batch = Workload(out["iteration_tasks"], out["iteration_episodes_per_task"],
+                          work.horizon, work.seed)
+    out["iteration_physics_batch_sps"] = physics_batch_sps(spec, meta_batch, threads)
+    out["iteration_over_physics_batch"] = (out["iteration_sampling_sps"]
+                                           / out["iteration_physics_batch_sps"])
     out["sampler_over_best_gym"] = out["sampler_sps"] / max(out["gym_sync_sps"],
                                                             out["gym_async_sps"])
     return out
@@ -327,10 +339,10 @@ def render(result: dict[str, Any]) -> str:
              f"{result['threads']} threads, {result['torch_threads']} torch threads, "
              f"{result['device']})"]
     for key in ("physics_limit_sps", "physics_batch_sps", "sampler_sps", "gym_sync_sps",
-                "gym_async_sps"):
+                "gym_async_sps", "iteration_physics_batch_sps", "iteration_sampling_sps"):
         lines.append(f"  {key:<28}{result[key]:>12,.0f} env steps/s")
     for key in ("sampler_over_physics", "sampler_over_physics_batch", "sampler_over_best_gym",
-                "iteration_over_physics"):
+                "iteration_over_physics", "iteration_over_physics_batch"):
         lines.append(f"  {key:<28}{result[key]:>12.2f}")
     split = ", ".join(f"{k} {v:.2f}" for k, v in result["iteration_seconds"].items())
     lines.append(f"  meta-iteration {result['preset']} ({result['meta_batch']}): {split} s; "

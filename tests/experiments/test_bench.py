@@ -13,7 +13,8 @@ from experiments import bench
 KEYS = ("physics_limit_sps", "physics_batch_sps", "sampler_sps", "gym_sync_sps",
         "gym_async_sps", "sampler_over_physics", "sampler_over_physics_batch",
         "sampler_over_best_gym", "iteration_over_physics", "peak_rss_mb",
-        "iteration_sampling_sps")
+        "iteration_sampling_sps", "iteration_physics_batch_sps",
+        "iteration_over_physics_batch")
 SPLIT = ("sampling", "adaptation", "outer_update", "total")
 
 
@@ -31,6 +32,9 @@ def test_quick_json_run_reports_every_measurement(capsys):
             assert math.isfinite(split[key]) and split[key] > 0, key
         assert split["total"] >= split["sampling"] + split["outer_update"]
     assert result["iteration_env_steps"] == 2 * 2 * 2 * 200  # 2 rounds, 2 tasks x 2 episodes
+    assert (result["iteration_tasks"], result["iteration_episodes_per_task"]) == (2, 2)
+    assert result["iteration_over_physics_batch"] == pytest.approx(
+        result["iteration_sampling_sps"] / result["iteration_physics_batch_sps"])
 
 
 def test_iteration_only_measures_the_meta_iteration_with_overrides(capsys):
