@@ -12,15 +12,15 @@ batch by ridge-regularised least squares to the discounted returns ``R_t``::
 
     w = argmin_w  sum_{valid t, e} (phi_{t,e} . w - R_{t,e})^2 + reg * |w|^2,
 
-solved with ``torch.linalg.lstsq`` on the design matrix augmented with ``sqrt(reg) * I`` rows
-(so it has full column rank and is never singular) rather than rllab's normal equations, in
-float64 (float32 on MPS). If a solution is non-finite, ``reg`` is multiplied by 10 and the fit
+solved, as rllab does, through the normal equations ``(Phi^T Phi + reg I) w = Phi^T R``, here by
+Cholesky in float64 (float32 on MPS), with ``Phi^T Phi`` summed over the valid steps only. If
+the factorisation fails or a solution is non-finite, ``reg`` is multiplied by 10 and the fit
 retried (``max_tries`` fits in all, as rllab), after which the weights fall back to zeros;
-a task with non-finite valid inputs gets zero weights (LAPACK rejects NaN).
+a task with non-finite valid inputs gets zero weights.
 
 Shapes (time-major, see :mod:`meta.returns`): one task is ``obs [T, E, D]``, ``returns/mask
 [T, E]``, ``weights [F]``; a meta-batch of ``N`` tasks adds a leading ``N`` (any leading
-dimensions work) and gets one fit per task, ``weights [N, F]``, in one batched ``lstsq``.
+dimensions work) and gets one fit per task, ``weights [N, F]``, in one batched Cholesky solve.
 Padded steps (``mask == 0``) give all-zero feature rows, so padding never changes the fit and
 may hold anything (NaN included). The baseline carries no gradient: inputs are detached.
 """
@@ -70,13 +70,22 @@ def features(obs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """
     _check_obs_mask(obs, mask)
     dtype = obs.dtype if obs.is_floating_point() else torch.get_default_dtype()
-    o = obs.detach().to(dtype).clamp(-OBS_CLIP, OBS_CLIP)
-    num_steps = obs.shape[-3]
-    s = torch.arange(num_steps, dtype=dtype, device=obs.device) / TIME_SCALE  # [T]
-    s = s[:, None, None].expand(*obs.shape[:-1], 1)  # [..., T, E, 1]
-    phi = torch.cat([o, o.square(), s, s.square(), s.pow(3), torch.ones_like(s)], dim=-1)
+    s = _scaled_times(obs.shape[-3], dtype, obs.device)[:, None].expand(obs.shape[:-1])
+    phi = _row_features(obs.detach().to(dtype), s)  # [..., T, E, F]
     valid = (mask != 0).to(obs.device).unsqueeze(-1)
     return torch.where(valid, phi, torch.zeros((), dtype=dtype, device=obs.device))
+
+
+def _scaled_times(num_steps: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``s = t / 100`` for ``t = 0 .. T-1``: ``[T]``."""
+    return torch.arange(num_steps, dtype=dtype, device=device) / TIME_SCALE
+
+
+def _row_features(obs: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``[..., D]`` observations and ``[...]`` scaled times -> ``[..., F]`` features."""
+    o = obs.clamp(-OBS_CLIP, OBS_CLIP)
+    s = s.unsqueeze(-1)
+    return torch.cat([o, o.square(), s, s.square(), s.pow(3), torch.ones_like(s)], dim=-1)
 
 
 def fit(
@@ -89,8 +98,9 @@ def fit(
     """Ridge least-squares weights of the linear feature baseline, one fit per task.
 
     Solves ``min_w |Phi w - R|^2 + reg |w|^2`` over the valid steps (Duan et al. 2016,
-    ``LinearFeatureBaseline.fit``) as the plain least-squares problem
-    ``[Phi; sqrt(reg) I] w = [R; 0]``, batched over leading (task) dimensions. Tasks whose
+    ``LinearFeatureBaseline.fit``) through its normal equations
+    ``(Phi^T Phi + reg I) w = Phi^T R`` (:func:`normal_equations`, :func:`ridge_solve`),
+    batched over leading (task) dimensions. Tasks whose
     solution is non-finite are refitted with ``reg * 10, reg * 100, ...`` (``max_tries`` fits in
     all); if none is finite their weights are zeros. A task with NaN/inf among its valid returns
     (or NaN among its valid observations; infinite ones are clipped) gets zero weights directly.
@@ -120,33 +130,56 @@ def fit(
         raise ValueError(f"max_tries must be at least 1, got {max_tries}")
     out_dtype = _float_dtype(obs, returns)
     solve_dtype = torch.float32 if obs.device.type == "mps" else torch.float64
-    phi = features(obs.detach().to(solve_dtype), mask)  # [..., T, E, F]
-    valid = (mask != 0).to(obs.device)
-    target = torch.where(valid, returns.detach().to(device=obs.device, dtype=solve_dtype), 0.0)
-    design = phi.flatten(-3, -2)  # [..., T*E, F]
-    target = target.flatten(-2).unsqueeze(-1)  # [..., T*E, 1]
-    num_features = design.shape[-1]
-    eye = torch.eye(num_features, dtype=solve_dtype, device=obs.device)
-    batch = design.shape[:-2]
-    zeros = torch.zeros(*batch, num_features, 1, dtype=solve_dtype, device=obs.device)
-    padded_target = torch.cat([target, zeros], dim=-2)  # [..., T*E + F, 1]
-    # A task with NaN/inf among its valid inputs has no finite fit (and LAPACK rejects NaN):
-    # solve a zero problem in its place and let it fall back to zero weights.
-    finite = torch.isfinite(design).all(dim=(-2, -1)) & torch.isfinite(target).all(dim=(-2, -1))
-    design = torch.where(finite[..., None, None], design, 0.0)
-    padded_target = torch.where(finite[..., None, None], padded_target, 0.0)
-    weights = torch.zeros(*batch, num_features, dtype=solve_dtype, device=obs.device)
-    solved = ~finite
+    num_steps, num_envs, obs_dim = obs.shape[-3:]
+    batch, num_features = obs.shape[:-3], feature_dim(obs_dim)
+    rows = obs.detach().reshape(-1, num_steps * num_envs, obs_dim)  # [B, T*E, D]
+    valid = (mask != 0).to(obs.device).reshape(rows.shape[:-1])  # [B, T*E]
+    target = returns.detach().to(obs.device).reshape(valid.shape)
+    times = _scaled_times(num_steps, solve_dtype, obs.device).repeat_interleave(num_envs)  # [T*E]
+    gram, moment, finite = normal_equations(rows, times, target, valid)
+    weights = torch.zeros(rows.shape[0], num_features, dtype=solve_dtype, device=obs.device)
+    solved = ~finite  # a task with NaN/inf among its valid inputs keeps zero weights
     for attempt in range(max_tries):
-        ridge = (reg * 10.0**attempt) ** 0.5 * eye.expand(*batch, num_features, num_features)
-        solution = torch.linalg.lstsq(torch.cat([design, ridge], dim=-2), padded_target).solution
-        solution = solution.squeeze(-1)  # [..., F]
+        solution = ridge_solve(gram, moment, reg * 10.0**attempt)  # [B, F]
         newly = ~solved & torch.isfinite(solution).all(dim=-1)
         weights = torch.where(newly.unsqueeze(-1), solution, weights)
         solved = solved | newly
         if bool(solved.all()):
             break
-    return weights.to(out_dtype)
+    return weights.reshape(*batch, num_features).to(out_dtype)
+
+
+def normal_equations(obs: torch.Tensor, times: torch.Tensor, target: torch.Tensor,
+                     valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per task ``Phi^T Phi`` ``[B, F, F]``, ``Phi^T R`` ``[B, F]`` and whether its valid inputs
+    are finite ``[B]``, from ``obs [B, M, D]``, ``times [M]`` (``s`` of each row), ``target``
+    and ``valid`` ``[B, M]``, in the dtype of ``times``.
+
+    The features are built for the valid rows only: padding is most of the rows where episodes
+    end early (the Ant's, before it learns to stay healthy), and would add only zeros. A task
+    whose valid rows hold NaN (or an infinite return) gets zero sums and ``finite`` False.
+    """
+    b, f = obs.shape[0], feature_dim(obs.shape[-1])
+    gram = times.new_zeros(b, f, f)
+    moment = times.new_zeros(b, f)
+    finite = torch.ones(b, dtype=torch.bool, device=obs.device)
+    for n in range(b):
+        keep = valid[n]
+        x = _row_features(obs[n][keep].to(times.dtype), times[keep])  # [V_n, F]
+        y = target[n][keep].to(times.dtype)
+        finite[n] = torch.isfinite(x).all() & torch.isfinite(y).all()
+        gram[n] = torch.where(finite[n], x.mT @ x, 0.0)
+        moment[n] = torch.where(finite[n], x.mT @ y, 0.0)
+    return gram, moment, finite
+
+
+def ridge_solve(gram: torch.Tensor, moment: torch.Tensor, reg: float) -> torch.Tensor:
+    """``w = (G + reg I)^-1 m`` per task by Cholesky (``gram [B, F, F]``, ``moment [B, F]``):
+    ``[B, F]``, NaN for a task whose ``G + reg I`` the factorisation finds not positive definite."""
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    chol, info = torch.linalg.cholesky_ex(gram + reg * eye)
+    solution = torch.cholesky_solve(moment.unsqueeze(-1), chol).squeeze(-1)
+    return torch.where((info == 0).unsqueeze(-1), solution, torch.nan)
 
 
 def predict(weights: torch.Tensor, obs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -174,9 +207,17 @@ def predict(weights: torch.Tensor, obs: torch.Tensor, mask: torch.Tensor) -> tor
             f"{tuple(obs.shape[:-3])}"
         )
     dtype = _float_dtype(obs, weights)
-    phi = features(obs, mask).to(dtype)  # [..., T, E, F]
-    w = weights.detach().to(device=obs.device, dtype=dtype)
-    return (phi * w[..., None, None, :]).sum(dim=-1)
+    d = obs.shape[-1]
+    w = weights.detach().to(device=obs.device, dtype=dtype)  # [..., F]
+    o = obs.detach().to(dtype).clamp(-OBS_CLIP, OBS_CLIP)  # [..., T, E, D]
+    s = _scaled_times(obs.shape[-3], dtype, obs.device)[:, None]  # [T, 1]
+    powers = torch.cat([s, s.square(), s.pow(3), torch.ones_like(s)], dim=-1)  # [T, 4]
+    # phi . w without building phi: the observation terms, then the time terms [..., T, 1].
+    values = (torch.einsum("...ted,...d->...te", o, w[..., :d])
+              + torch.einsum("...ted,...d->...te", o.square(), w[..., d:2 * d])
+              + (powers * w[..., None, 2 * d:]).sum(dim=-1).unsqueeze(-1))
+    valid = (mask != 0).to(obs.device)
+    return torch.where(valid, values, torch.zeros((), dtype=dtype, device=obs.device))
 
 
 def fit_predict(

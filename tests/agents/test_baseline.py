@@ -192,20 +192,20 @@ def test_non_finite_solution_is_retried_with_ten_times_the_ridge(monkeypatch):
     obs, mask = _episodes(10, (2, 6, 3), obs_dim=2)  # [N = 2, ...]
     returns = obs[..., 1] + 1.0
     num_features = feature_dim(2)
-    real_lstsq = torch.linalg.lstsq
+    real_solve = B.ridge_solve
     ridges = []
 
-    def flaky_lstsq(a, b, *args, **kwargs):
-        ridges.append(a[0, -1, -1].item())  # the last sqrt(reg) * I entry
-        result = real_lstsq(a, b, *args, **kwargs)
+    def flaky_solve(gram, moment, reg):
+        ridges.append(reg)
+        solution = real_solve(gram, moment, reg)
         if len(ridges) == 1:  # the first fit of task 0 comes back non-finite
-            result.solution[0, 0] = NAN
-        return result
+            solution[0, 0] = NAN
+        return solution
 
-    monkeypatch.setattr(torch.linalg, "lstsq", flaky_lstsq)
+    monkeypatch.setattr(B, "ridge_solve", flaky_solve)
     weights = fit(obs, returns, mask, reg=1e-4)
     monkeypatch.undo()
-    assert ridges == pytest.approx([1e-2, 1e-4**0.5 * 10**0.5])
+    assert ridges == pytest.approx([1e-4, 1e-3])
     torch.testing.assert_close(weights[0], fit(obs[0], returns[0], mask[0], reg=1e-3))
     torch.testing.assert_close(weights[1], fit(obs[1], returns[1], mask[1], reg=1e-4))
     assert weights.shape == (2, num_features)
@@ -213,18 +213,44 @@ def test_non_finite_solution_is_retried_with_ten_times_the_ridge(monkeypatch):
 
 def test_always_non_finite_solution_falls_back_to_zeros_after_max_tries(monkeypatch):
     obs, mask = _episodes(11, (6, 3), obs_dim=2)
-    real_lstsq = torch.linalg.lstsq
     calls = []
 
-    def broken_lstsq(a, b, *args, **kwargs):
-        calls.append(1)
-        result = real_lstsq(a, b, *args, **kwargs)
-        result.solution.fill_(NAN)
-        return result
+    def broken_solve(gram, moment, reg):
+        calls.append(reg)
+        return torch.full_like(moment, NAN)
 
-    monkeypatch.setattr(torch.linalg, "lstsq", broken_lstsq)
+    monkeypatch.setattr(B, "ridge_solve", broken_solve)
     weights = fit(obs, obs[..., 0], mask, max_tries=4)
     assert len(calls) == 4 and (weights == 0).all()
+
+
+def test_a_failed_cholesky_gives_nan_for_that_task_only():
+    gram = torch.stack([torch.eye(3, dtype=torch.float64), -torch.eye(3, dtype=torch.float64)])
+    moment = torch.ones(2, 3, dtype=torch.float64)
+    solution = B.ridge_solve(gram, moment, reg=1e-5)
+    torch.testing.assert_close(solution[0], torch.full((3,), 1 / (1 + 1e-5), dtype=torch.float64))
+    assert torch.isnan(solution[1]).all()
+
+
+@pytest.mark.parametrize("obs_dim", [2, 27])
+def test_fit_and_predict_equal_the_reference_least_squares(obs_dim):
+    """The normal equations over the valid rows solve the ridge problem that least squares on the
+    augmented design ``[Phi; sqrt(reg) I] w = [R; 0]`` solves, and ``predict`` is ``Phi w``."""
+    obs, mask = _episodes(12, (3, 40, 5), obs_dim=obs_dim)
+    obs = obs * 4.0  # some observations beyond the clip
+    returns = torch.randn(3, 40, 5, generator=torch.Generator().manual_seed(13),
+                          dtype=torch.float64) * 30.0
+    reg = 1e-3
+    weights = fit(obs, returns, mask, reg=reg)
+    phi = features(obs, mask).flatten(-3, -2)  # [N, T*E, F]
+    f = phi.shape[-1]
+    design = torch.cat([phi, reg**0.5 * torch.eye(f, dtype=phi.dtype).expand(3, f, f)], dim=-2)
+    target = torch.cat([torch.where(mask > 0, returns, 0.0).flatten(-2),
+                        torch.zeros(3, f, dtype=phi.dtype)], dim=-1)
+    reference = torch.linalg.lstsq(design, target.unsqueeze(-1)).solution.squeeze(-1)
+    torch.testing.assert_close(weights, reference, rtol=1e-6, atol=1e-6)
+    values = predict(weights, obs, mask)
+    torch.testing.assert_close(values, (features(obs, mask) * weights[:, None, None]).sum(-1))
 
 
 def test_baseline_carries_no_gradient():
