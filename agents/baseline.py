@@ -38,6 +38,8 @@ __all__ = [
     "fit",
     "predict",
     "fit_predict",
+    "normal_equations",
+    "ridge_solve",
 ]
 
 OBS_CLIP = 10.0

@@ -79,15 +79,16 @@ def bench(preset: str, repeats: int) -> dict:
     reference = lstsq_fit(obs, returns, mask)
     values = baseline.predict(normal, obs.double(), mask)
     reference_values = baseline.predict(reference, obs.double(), mask)
-    a = cfg.maml
+    maml = cfg.maml
     return {
-        "preset": preset, "tasks": len(tasks), "episodes_per_task": cfg.maml.episodes_per_task,
-        "horizon": int(mask.shape[1]), "obs_dim": int(obs.shape[-1]),
+        "preset": preset, "tasks": len(tasks), "episodes_per_task": maml.episodes_per_task,
+        "longest_episode": int(mask.shape[1]), "obs_dim": int(obs.shape[-1]),
         "valid_fraction": float(mask.mean()), "torch_threads": torch.get_num_threads(),
         "normal_seconds": best_seconds(lambda: baseline.fit(obs, returns, mask), repeats),
         "lstsq_seconds": best_seconds(lambda: lstsq_fit(obs, returns, mask), repeats),
         "advantages_seconds": best_seconds(
-            lambda: with_advantages(episodes, a.gamma, a.gae_lambda, a.bootstrap_truncated),
+            lambda: with_advantages(episodes, maml.gamma, maml.gae_lambda,
+                                    maml.bootstrap_truncated),
             repeats),
         "max_weight_difference": float((normal - reference).abs().max()),
         "max_value_difference": float((values - reference_values).abs().max()),
