@@ -1,7 +1,7 @@
 """``adaptbed bench``: sampling throughput of the MuJoCo families against the physics limit.
 
 ``adaptbed bench [KEY=VALUE ...] [--family NAME ...] [--json] [--device cpu|cuda] [--quick]
-[--envs N] [--torch-threads N] [--iteration-only]``
+[--envs N] [--rounds R] [--torch-threads N] [--iteration-only]``
 
 For each MuJoCo family, in one run on this machine, it measures (env steps per second, counting
 only the steps of running episodes):
@@ -21,6 +21,9 @@ only the steps of running episodes):
   the same envs, tasks, seeds, horizon and policy forward per step.
 * ``sampler_over_physics``, ``sampler_over_physics_batch``, ``sampler_over_best_gym``: the
   ratios; ``iteration_over_physics``: ``iteration_sampling_sps / physics_limit_sps``.
+  The physics limit, the sampler and the batch physics are measured in turn ``--rounds`` times
+  (default 3): their keys hold the medians, the two sampler ratios the median of the per-round
+  ratios, and ``<key>_rounds`` every round's value (:func:`interleaved_throughput`).
 * ``iteration_physics_batch_sps``: ``physics_batch_sps`` over as many environments as the
   measured meta-iteration samples at once (800 for the 40 tasks x 20 episodes presets), and
   ``iteration_over_physics_batch``: ``iteration_sampling_sps`` against it, the sampler's share
@@ -51,6 +54,7 @@ import functools
 import json
 import multiprocessing as mp
 import resource
+import statistics
 import sys
 import threading
 import time
@@ -296,7 +300,8 @@ def measure_iteration(preset: str, device: str, quick: bool, torch_threads: int 
 
 def bench_family(spec: FamilySpec, work: Workload, device: str, quick: bool,
                  torch_threads: int | None = None,
-                 overrides: Sequence[str] = (), iteration_only: bool = False) -> dict[str, Any]:
+                 overrides: Sequence[str] = (), iteration_only: bool = False,
+                 rounds: int = 3) -> dict[str, Any]:
     """Every measurement of one family, in the order that keeps them independent."""
     threads = default_threads()
     out: dict[str, Any] = {"family": spec.name, "device": device, "threads": threads,
@@ -309,11 +314,7 @@ def bench_family(spec: FamilySpec, work: Workload, device: str, quick: bool,
         return out
     out["gym_async_sps"] = gym_vector_sps(spec, work, device, asynchronous=True)
     out["gym_sync_sps"] = gym_vector_sps(spec, work, device, asynchronous=False)
-    out["physics_limit_sps"] = physics_limit_sps(spec, work, threads)
-    out["physics_batch_sps"] = physics_batch_sps(spec, work, threads)
-    out["sampler_sps"] = sampler_sps(spec, work, device)
-    out["sampler_over_physics"] = out["sampler_sps"] / out["physics_limit_sps"]
-    out["sampler_over_physics_batch"] = out["sampler_sps"] / out["physics_batch_sps"]
+    out.update(interleaved_throughput(spec, work, device, threads, rounds))
     out["iteration_over_physics"] = out["iteration_sampling_sps"] / out["physics_limit_sps"]
     meta_batch = Workload(out["iteration_tasks"], out["iteration_episodes_per_task"],
                           work.horizon, work.seed)
@@ -322,6 +323,35 @@ def bench_family(spec: FamilySpec, work: Workload, device: str, quick: bool,
                                            / out["iteration_physics_batch_sps"])
     out["sampler_over_best_gym"] = out["sampler_sps"] / max(out["gym_sync_sps"],
                                                             out["gym_async_sps"])
+    return out
+
+
+def interleaved_throughput(spec: FamilySpec, work: Workload, device: str, threads: int,
+                           rounds: int) -> dict[str, Any]:
+    """The physics limit, the sampler and the physics over the sampler's states, measured in
+    turn ``rounds`` times, so that each sampler measurement has a physics limit taken seconds
+    from it: the machine's speed drifts between runs by more than the ratios differ.
+
+    Returns the medians (``physics_limit_sps``, ``sampler_sps``, ``physics_batch_sps``), the
+    median of the per-round ratios (``sampler_over_physics``, ``sampler_over_physics_batch``)
+    and every round's numbers (the same keys with ``_rounds``).
+    """
+    keys = ("physics_limit_sps", "sampler_sps", "physics_batch_sps")
+    measure = {"physics_limit_sps": lambda: physics_limit_sps(spec, work, threads),
+               "sampler_sps": lambda: sampler_sps(spec, work, device),
+               "physics_batch_sps": lambda: physics_batch_sps(spec, work, threads)}
+    runs: dict[str, list[float]] = {key: [] for key in keys}
+    for _ in range(rounds):
+        for key in keys:
+            runs[key].append(measure[key]())
+    ratios = {"sampler_over_physics": [s / p for s, p in zip(runs["sampler_sps"],
+                                                              runs["physics_limit_sps"])],
+              "sampler_over_physics_batch": [s / p for s, p in zip(runs["sampler_sps"],
+                                                                    runs["physics_batch_sps"])]}
+    out: dict[str, Any] = {}
+    for key, values in {**runs, **ratios}.items():
+        out[key] = statistics.median(values)
+        out[f"{key}_rounds"] = values
     return out
 
 
@@ -377,6 +407,9 @@ def parser() -> Parser:
                         f"per task (default {FULL.num_envs} = {FULL.tasks} tasks x "
                         f"{FULL.episodes_per_task}; --quick: {QUICK.num_envs} = {QUICK.tasks} x "
                         f"{QUICK.episodes_per_task})")
+    p.add_argument("--rounds", type=int, default=3, metavar="R",
+                   help="the physics limit, the sampler and the batch physics are measured in "
+                        "turn R times; medians reported (default 3)")
     p.add_argument("--iteration-only", action="store_true",
                    help="measure only the meta-iteration's time split and memory (compare "
                         "configs quickly)")
@@ -418,13 +451,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(PROG, "--device cuda but no CUDA GPU is available")
     if args.torch_threads < 0:
         return fail(PROG, "--torch-threads must be 0 (torch's default) or positive")
+    if args.rounds < 1:
+        return fail(PROG, "--rounds must be at least 1")
     torch_threads = args.torch_threads or None
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
     emit: Callable[[dict[str, Any]], str] = json.dumps if args.json else render
     for spec in specs:
         result = bench_family(spec, work, args.device, args.quick, torch_threads,
-                              args.overrides, args.iteration_only)
+                              args.overrides, args.iteration_only, args.rounds)
         print(emit(result), flush=True)
     return 0
 

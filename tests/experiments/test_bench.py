@@ -33,6 +33,12 @@ def test_quick_json_run_reports_every_measurement(capsys):
         assert split["total"] >= split["sampling"] + split["outer_update"]
     assert result["iteration_env_steps"] == 2 * 2 * 2 * 200  # 2 rounds, 2 tasks x 2 episodes
     assert (result["iteration_tasks"], result["iteration_episodes_per_task"]) == (2, 2)
+    for key in ("physics_limit_sps", "sampler_sps", "physics_batch_sps", "sampler_over_physics"):
+        rounds = result[f"{key}_rounds"]  # three rounds by default; the key holds the median
+        assert len(rounds) == 3 and result[key] == sorted(rounds)[1]
+    per_round = [s / p for s, p in zip(result["sampler_sps_rounds"],
+                                       result["physics_limit_sps_rounds"])]
+    assert result["sampler_over_physics_rounds"] == pytest.approx(per_round)
     assert result["iteration_over_physics_batch"] == pytest.approx(
         result["iteration_sampling_sps"] / result["iteration_physics_batch_sps"])
 
@@ -69,6 +75,7 @@ def test_physics_batch_steps_every_environment_every_round(monkeypatch):
     (["--family", "Navigation2D"], "not a MuJoCo family"),
     (["--family", "NoSuchFamily"], "unknown task family"),
     (["--quick", "--envs", "3"], "--envs"),
+    (["--quick", "--rounds", "0"], "--rounds"),
 ])
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
     assert bench.main(argv) == 2
