@@ -20,6 +20,7 @@ demo: install
 	$(VENV)/bin/adaptbed quickstart
 
 test: install
+	$(PY) -m envs.native
 	$(PY) -m pytest -q
 
 envs: install

@@ -126,7 +126,8 @@ def make_vector_env(family_name: str, num_envs: int, device: torch.device | str 
 
     ``torch``: :class:`envs.navigation_torch.TorchNavigation2D`, Navigation2D on ``device``.
     ``mujoco``: :class:`envs.mujoco_batch.MujocoBatchEnv`, the MuJoCo families: persistent
-    ``MjData`` per env stepped by a thread pool on all cores, batched numpy rewards;
+    ``MjData`` per env stepped by a thread pool on all cores (by the C loop of
+    :mod:`envs.native` where it can be built, else by Python threads), batched numpy rewards;
     bit-for-bit the episodes of ``sync``.
     ``sync``: :class:`SyncTaskVectorEnv`, any family (the reference).
 

@@ -11,11 +11,15 @@ only the steps of running episodes):
   simulator alone can do.
 * ``physics_batch_sps``: the same bare ``mj_step``, but over one ``MjData`` per environment of
   the throughput runs (``--envs``), every environment one step per round, the environments
-  split between the threads: the simulator alone on the sampler's working set, whose states
+  split between the threads (by the native loop of :mod:`envs.native` where it is available,
+  else by Python threads): the simulator alone on the sampler's working set, whose states
   no longer all stay in the CPU caches.
 * ``sampler_sps``: :func:`meta.sampler.sample_episodes` on the batched simulator
   (:class:`envs.mujoco_batch.MujocoBatchEnv`) with the family preset's policy (2 x 100 ReLU) in
-  the loop, ``--envs`` environments (tasks x episodes) for one horizon, reset included.
+  the loop, ``--envs`` environments (tasks x episodes) for one horizon, reset included, with
+  its default stepping loop (``native_loop``: whether that is the C loop of
+  :mod:`envs.native`); where it is, ``sampler_python_loop_sps`` measures the same with the
+  Python loop and ``python_loop_over_physics`` its ratio to the limit.
 * ``gym_sync_sps`` / ``gym_async_sps``: Gymnasium's ``SyncVectorEnv`` / ``AsyncVectorEnv``
   (one process per env) of the registered env doing the same work with the same policy:
   the same envs, tasks, seeds, horizon and policy forward per step.
@@ -67,7 +71,8 @@ import torch
 from torch import nn
 
 from agents.policies import dist_params
-from envs.mujoco_batch import MujocoBatchEnv, default_threads
+from envs import native as envs_native
+from envs.mujoco_batch import BLOCKS_PER_THREAD, MujocoBatchEnv, default_threads
 from envs.registry import FAMILIES, FamilySpec, UnknownFamilyError, family, make
 from experiments import config as cfglib
 from experiments.cliutil import Parser, fail
@@ -125,12 +130,27 @@ def physics_limit_sps(spec: FamilySpec, work: Workload, threads: int) -> float:
 
 def physics_batch_sps(spec: FamilySpec, work: Workload, threads: int) -> float:
     """Env steps/s of bare ``mj_step`` over ``work.num_envs`` ``MjData``s, one step each per
-    round for ``work.horizon`` rounds, each thread stepping its own contiguous block."""
+    round for ``work.horizon`` rounds, split between the threads: by the native loop of
+    :mod:`envs.native` with nothing gathered where it is available (as the sampler steps them),
+    else by Python threads, each stepping its own contiguous block."""
     proto = make(spec.name).unwrapped
     model, frame_skip = proto.model, int(proto.frame_skip)
     datas = [mujoco.MjData(model) for _ in range(work.num_envs)]
     rng = np.random.default_rng(work.seed)
     controls = rng.uniform(-1.0, 1.0, size=(work.horizon, work.num_envs, model.nu))
+    lib = envs_native.library()
+    if lib is not None:
+        stepper = envs_native.Stepper(lib, threads, [model] * len(datas), datas,
+                                      [d.ctrl for d in datas], {}, frame_skip, contacts=False)
+        running = np.ones(work.num_envs, dtype=bool)
+        block = -(-work.num_envs // (threads * BLOCKS_PER_THREAD))
+        try:
+            start = time.perf_counter()
+            for t in range(work.horizon):
+                stepper.step(controls[t], running, threads, block)
+            return work.num_envs * work.horizon / (time.perf_counter() - start)
+        finally:
+            stepper.close()
     blocks = np.array_split(np.arange(work.num_envs), threads)
     barrier = threading.Barrier(len(blocks))
 
@@ -163,9 +183,12 @@ def bench_policy(spec: FamilySpec, observation_space: gym.Space, action_space: g
     return build_policy(cfg, observation_space, action_space)
 
 
-def sampler_sps(spec: FamilySpec, work: Workload, device: str) -> float:
-    """Env steps/s of :func:`sample_episodes` on :class:`MujocoBatchEnv` (reset included)."""
-    with MujocoBatchEnv(spec.name, work.num_envs, device, horizon=work.horizon) as venv:
+def sampler_sps(spec: FamilySpec, work: Workload, device: str,
+                native: bool | None = None) -> float:
+    """Env steps/s of :func:`sample_episodes` on :class:`MujocoBatchEnv` (reset included);
+    ``native``: its stepping loop (``None``: the default, native where available)."""
+    with MujocoBatchEnv(spec.name, work.num_envs, device, horizon=work.horizon,
+                        native=native) as venv:
         policy = bench_policy(spec, venv.observation_space, venv.action_space, device)
         params = {k: v.detach() for k, v in policy.named_parameters()}
         tasks = make(spec.name).unwrapped.sample_tasks(work.tasks,
@@ -305,6 +328,7 @@ def bench_family(spec: FamilySpec, work: Workload, device: str, quick: bool,
     """Every measurement of one family, in the order that keeps them independent."""
     threads = default_threads()
     out: dict[str, Any] = {"family": spec.name, "device": device, "threads": threads,
+                           "native_loop": envs_native.library() is not None,
                            "torch_threads": torch.get_num_threads(),
                            "envs": work.num_envs, "horizon": work.horizon}
     out.update(measure_iteration(spec.preset, device, quick, torch_threads, overrides))
@@ -336,18 +360,24 @@ def interleaved_throughput(spec: FamilySpec, work: Workload, device: str, thread
     median of the per-round ratios (``sampler_over_physics``, ``sampler_over_physics_batch``)
     and every round's numbers (the same keys with ``_rounds``).
     """
-    keys = ("physics_limit_sps", "sampler_sps", "physics_batch_sps")
     measure = {"physics_limit_sps": lambda: physics_limit_sps(spec, work, threads),
                "sampler_sps": lambda: sampler_sps(spec, work, device),
                "physics_batch_sps": lambda: physics_batch_sps(spec, work, threads)}
-    runs: dict[str, list[float]] = {key: [] for key in keys}
+    if envs_native.library() is not None:  # the Python loop too, for comparison
+        measure["sampler_python_loop_sps"] = lambda: sampler_sps(spec, work, device, False)
+    runs: dict[str, list[float]] = {key: [] for key in measure}
     for _ in range(rounds):
-        for key in keys:
-            runs[key].append(measure[key]())
-    ratios = {"sampler_over_physics": [s / p for s, p in zip(runs["sampler_sps"],
-                                                              runs["physics_limit_sps"])],
-              "sampler_over_physics_batch": [s / p for s, p in zip(runs["sampler_sps"],
-                                                                    runs["physics_batch_sps"])]}
+        for key, run in measure.items():
+            runs[key].append(run())
+
+    def per_round(num: str, den: str) -> list[float]:
+        return [a / b for a, b in zip(runs[num], runs[den])]
+
+    ratios = {"sampler_over_physics": per_round("sampler_sps", "physics_limit_sps"),
+              "sampler_over_physics_batch": per_round("sampler_sps", "physics_batch_sps")}
+    if "sampler_python_loop_sps" in runs:
+        ratios["python_loop_over_physics"] = per_round("sampler_python_loop_sps",
+                                                       "physics_limit_sps")
     out: dict[str, Any] = {}
     for key, values in {**runs, **ratios}.items():
         out[key] = statistics.median(values)
@@ -368,12 +398,17 @@ def render(result: dict[str, Any]) -> str:
     lines = [f"{result['family']} ({result['envs']} envs x {result['horizon']} steps, "
              f"{result['threads']} threads, {result['torch_threads']} torch threads, "
              f"{result['device']})"]
-    for key in ("physics_limit_sps", "physics_batch_sps", "sampler_sps", "gym_sync_sps",
-                "gym_async_sps", "iteration_physics_batch_sps", "iteration_sampling_sps"):
-        lines.append(f"  {key:<28}{result[key]:>12,.0f} env steps/s")
-    for key in ("sampler_over_physics", "sampler_over_physics_batch", "sampler_over_best_gym",
+    for key in ("physics_limit_sps", "physics_batch_sps", "sampler_sps",
+                "sampler_python_loop_sps", "gym_sync_sps", "gym_async_sps",
+                "iteration_physics_batch_sps", "iteration_sampling_sps"):
+        if key in result:
+            lines.append(f"  {key:<28}{result[key]:>12,.0f} env steps/s")
+    for key in ("sampler_over_physics", "python_loop_over_physics",
+                "sampler_over_physics_batch", "sampler_over_best_gym",
                 "iteration_over_physics", "iteration_over_physics_batch"):
-        lines.append(f"  {key:<28}{result[key]:>12.2f}")
+        if key in result:
+            lines.append(f"  {key:<28}{result[key]:>12.2f}")
+    lines.append(f"  stepping loop: {'native (envs/mjbatch.c)' if result['native_loop'] else 'Python'}")
     split = ", ".join(f"{k} {v:.2f}" for k, v in result["iteration_seconds"].items())
     lines.append(f"  meta-iteration {result['preset']} ({result['meta_batch']}): {split} s; "
                  f"peak RSS {result['peak_rss_mb']:.0f} MB")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from agents.policies import GaussianMLPPolicy
+from envs import native as envs_native
 from envs.mujoco_batch import FASTER_FROM_ENVS, THREAD_PREFIX, MujocoBatchEnv
 from envs.registry import FAMILIES, make
 from envs.tasks import TaskError, VelocityTask
@@ -20,6 +21,12 @@ from meta.sampler import sample_episodes
 
 MUJOCO_FAMILIES = [s.name for s in FAMILIES if s.mujoco]
 RAND_PARAMS = ["HopperRandParams", "Walker2dRandParams"]
+#: Both stepping loops: Python (``native=False``) and C (``envs/mjbatch.c``, ``native=True``;
+#: skipped only where no C compiler could build it: ``make install`` builds it, so CI runs it).
+LOOPS = [pytest.param(False, id="python"),
+         pytest.param(True, id="native", marks=pytest.mark.skipif(
+             envs_native.library() is None,
+             reason=f"native loop unavailable: {envs_native.unavailable_reason()}"))]
 
 
 def tasks_of(name: str, n: int, seed: int = 0) -> list:
@@ -36,8 +43,9 @@ def f32(x) -> torch.Tensor:
 
 
 # --- one step from the same state, along real trajectories ----------------------------------------
+@pytest.mark.parametrize("native", LOOPS)
 @pytest.mark.parametrize("name", MUJOCO_FAMILIES)
-def test_every_step_matches_the_registered_single_env(name):
+def test_every_step_matches_the_registered_single_env(name, native):
     """Three envs (different tasks; big, moderate and tiny random actions) step in lockstep with
     three registered single envs (gym.make, TimeLimit included) until every episode ended: at
     every step the MuJoCo states are equal and the step gives the same observation, reward,
@@ -45,7 +53,8 @@ def test_every_step_matches_the_registered_single_env(name):
     n, scales = 3, (1.3, 0.4, 0.02)  # scale > 1 checks actions beyond the box (clamped ctrl)
     tasks = tasks_of(name, n, seed=5)
     singles = [make(name, task=task) for task in tasks]
-    venv = MujocoBatchEnv(name, n, num_threads=2, min_envs_per_thread=1)
+    venv = MujocoBatchEnv(name, n, num_threads=2, min_envs_per_thread=1, native=native)
+    assert venv.native == native
     rng = np.random.default_rng(1)
     try:
         venv.set_tasks(tasks)
@@ -94,10 +103,12 @@ def small_policy(obs_dim: int, act_dim: int) -> GaussianMLPPolicy:
                              init_std=0.8)
 
 
+@pytest.mark.parametrize("native", LOOPS)
 @pytest.mark.parametrize("name", MUJOCO_FAMILIES)
-def test_sampled_episodes_are_identical_to_sync(name):
+def test_sampled_episodes_are_identical_to_sync(name, native):
     tasks, e = tasks_of(name, 2, seed=3), 3
-    batch = MujocoBatchEnv(name, len(tasks) * e, num_threads=2, min_envs_per_thread=1)
+    batch = MujocoBatchEnv(name, len(tasks) * e, num_threads=2, min_envs_per_thread=1,
+                           native=native)
     sync = SyncTaskVectorEnv(name, len(tasks) * e)
     policy = small_policy(batch.observation_space.shape[0], batch.action_space.shape[0])
     params = {k: v.detach() for k, v in policy.named_parameters()}
@@ -163,10 +174,11 @@ def test_rand_params_tasks_differ_per_env(name):
 
 
 # --- divergence -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("native", LOOPS)
 @pytest.mark.parametrize("name", ["HalfCheetahVel", "AntDir", "Walker2dRandParams"])
-def test_a_diverged_env_ends_truncated_unstable_while_the_others_continue(name):
+def test_a_diverged_env_ends_truncated_unstable_while_the_others_continue(name, native):
     n = 3
-    venv = MujocoBatchEnv(name, n, num_threads=2, min_envs_per_thread=1)
+    venv = MujocoBatchEnv(name, n, num_threads=2, min_envs_per_thread=1, native=native)
     single = make(name).unwrapped
     try:
         venv.reset(seed=4)

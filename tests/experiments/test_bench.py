@@ -41,6 +41,12 @@ def test_quick_json_run_reports_every_measurement(capsys):
     assert result["sampler_over_physics_rounds"] == pytest.approx(per_round)
     assert result["iteration_over_physics_batch"] == pytest.approx(
         result["iteration_sampling_sps"] / result["iteration_physics_batch_sps"])
+    assert result["native_loop"] == (bench.envs_native.library() is not None)
+    if result["native_loop"]:  # the Python loop measured beside it
+        assert len(result["sampler_python_loop_sps_rounds"]) == 3
+        assert result["python_loop_over_physics_rounds"] == pytest.approx(
+            [s / p for s, p in zip(result["sampler_python_loop_sps_rounds"],
+                                   result["physics_limit_sps_rounds"])])
 
 
 def test_iteration_only_measures_the_meta_iteration_with_overrides(capsys):
@@ -54,7 +60,7 @@ def test_iteration_only_measures_the_meta_iteration_with_overrides(capsys):
     assert "meta-iteration halfcheetah-vel" in capsys.readouterr().out
 
 
-def test_physics_batch_steps_every_environment_every_round(monkeypatch):
+def test_physics_batch_steps_every_environment_every_round_python_loop(monkeypatch):
     spec = bench.family("HalfCheetahVel")
     work = bench.Workload(tasks=2, episodes_per_task=3, horizon=4)
     calls = []
@@ -64,11 +70,32 @@ def test_physics_batch_steps_every_environment_every_round(monkeypatch):
         calls.append((id(data), nstep))
         real(model, data, nstep)
 
+    monkeypatch.setattr(bench.envs_native, "library", lambda: None)
     monkeypatch.setattr(bench.mujoco, "mj_step", counting)
     sps = bench.physics_batch_sps(spec, work, threads=2)
     assert sps > 0
     assert len(calls) == 6 * 4 and len({d for d, _ in calls}) == 6
     assert {n for _, n in calls} == {5}  # HalfCheetah's frame skip
+
+
+@pytest.mark.skipif(bench.envs_native.library() is None, reason="native loop unavailable")
+def test_physics_batch_steps_every_environment_every_round_native_loop(monkeypatch):
+    spec = bench.family("HalfCheetahVel")
+    work = bench.Workload(tasks=2, episodes_per_task=3, horizon=4)
+    datas = []
+    real = bench.mujoco.MjData
+
+    def recording(model):
+        datas.append(real(model))
+        return datas[-1]
+
+    monkeypatch.setattr(bench.mujoco, "MjData", recording)
+    assert bench.physics_batch_sps(spec, work, threads=2) > 0
+    timestep = bench.make(spec.name).unwrapped.model.opt.timestep
+    stepped = [data for data in datas if data.time > 0]  # the prototype env's is not
+    assert len(stepped) == 6
+    for data in stepped:  # 4 rounds x frame skip 5 substeps each
+        assert data.time == pytest.approx(4 * 5 * timestep)
 
 
 @pytest.mark.parametrize("argv, message", [

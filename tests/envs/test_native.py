@@ -1,0 +1,132 @@
+"""The native stepping loop (envs/native.py, envs/mjbatch.c): building, falling back, MuJoCo
+errors, gathered fields, threads. Its episodes equal the Python loop's and the single env's in
+tests/envs/test_mujoco_batch.py (parametrized over both loops)."""
+
+from __future__ import annotations
+
+import os
+
+import mujoco
+import numpy as np
+import pytest
+import torch
+
+from envs import native
+from envs.mujoco_batch import MujocoBatchEnv
+
+needs_native = pytest.mark.skipif(
+    native.library() is None, reason=f"native loop unavailable: {native.unavailable_reason()}")
+
+
+@pytest.fixture
+def fresh_library(monkeypatch, tmp_path):
+    """``native.library()`` rebuilt from scratch in an empty cache under ``tmp_path``."""
+    monkeypatch.setenv("ADAPTBED_CACHE", str(tmp_path / "cache"))
+    native.library.cache_clear()
+    yield tmp_path / "cache"
+    native.library.cache_clear()  # the next caller loads the default cache's library again
+
+
+def chain_model(memory: str) -> mujoco.MjModel:
+    """A free body carrying a chain of 60 ball joints; with ``memory="300K"`` MjData fits but
+    the constraint solver overflows MuJoCo's stack once it falls on the plane."""
+    chain = '<body pos="0 0 .1"><joint type="ball"/><geom size=".05"/>' * 60 + "</body>" * 60
+    xml = (f'<mujoco><size memory="{memory}"/><worldbody><geom type="plane" size="5 5 .1"/>'
+           f'<body pos="0 0 3"><freejoint/><geom size=".05"/>{chain}</body></worldbody></mujoco>')
+    return mujoco.MjModel.from_xml_string(xml)
+
+
+@needs_native
+def test_builds_into_an_empty_cache_and_steps(fresh_library):
+    lib = native.library()
+    assert lib is not None and native.unavailable_reason() is None
+    assert len(list(fresh_library.glob("mjbatch-*.so"))) == 1
+    venv = MujocoBatchEnv("HalfCheetahVel", 4, num_threads=2, min_envs_per_thread=1, native=True)
+    try:
+        venv.reset(seed=0)
+        assert torch.isfinite(venv.step(torch.zeros(4, 6)).observations).all()
+    finally:
+        venv.close()
+
+
+def test_without_a_compiler_it_falls_back_to_the_python_loop(fresh_library, monkeypatch):
+    monkeypatch.setenv("CC", str(fresh_library / "no-such-compiler"))
+    assert native.library() is None
+    assert "no-such-compiler" in native.unavailable_reason()
+    with MujocoBatchEnv("HalfCheetahVel", 2, num_threads=1) as venv:
+        assert not venv.native
+        venv.reset(seed=0)
+        assert torch.isfinite(venv.step(torch.zeros(2, 6)).observations).all()
+    with pytest.raises(RuntimeError, match="native stepping loop is not available"):
+        MujocoBatchEnv("HalfCheetahVel", 2, native=True)
+
+
+def test_adaptbed_native_0_forces_the_python_loop(fresh_library, monkeypatch):
+    monkeypatch.setenv("ADAPTBED_NATIVE", "0")
+    with MujocoBatchEnv("AntVel", 2, num_threads=1) as venv:
+        assert not venv.native
+    assert native.unavailable_reason() == "ADAPTBED_NATIVE=0"
+
+
+@needs_native
+def test_a_mujoco_fatal_error_raises_instead_of_ending_the_process():
+    model = chain_model("300K")
+    datas = [mujoco.MjData(model) for _ in range(3)]
+    stepper = native.Stepper(native.library(), 2, [model] * 3, datas, [d.ctrl for d in datas],
+                             {"qpos": [d.qpos for d in datas]}, nstep=1, contacts=False)
+    running = np.array([False, True, False])
+    try:
+        with pytest.raises(RuntimeError, match=r"env 1: .*stack overflow"):
+            for _ in range(500):  # it falls, touches the plane, the solver's stack overflows
+                stepper.step(np.zeros((3, 0)), running, threads=2, block=1)
+        assert datas[0].time == datas[2].time == 0.0  # not running: never stepped
+        with pytest.raises(mujoco.FatalError, match="stack overflow"):  # as the Python call
+            fresh = mujoco.MjData(model)
+            for _ in range(500):
+                mujoco.mj_step(model, fresh)
+    finally:
+        stepper.close()
+
+
+@needs_native
+def test_step_gathers_every_field_and_steps_only_running_envs():
+    model = mujoco.MjModel.from_xml_string(
+        '<mujoco><worldbody><body><joint name="x" type="slide" axis="1 0 0"/><geom size=".1"/></body>'
+        '</worldbody><actuator><motor joint="x" gear="1"/></actuator></mujoco>')
+    datas = [mujoco.MjData(model) for _ in range(5)]
+    fields = {"qpos": [d.qpos for d in datas], "qvel": [d.qvel for d in datas]}
+    stepper = native.Stepper(native.library(), 2, [model] * 5, datas, [d.ctrl for d in datas],
+                             fields, nstep=3, contacts=False)
+    reference = mujoco.MjData(model)
+    try:
+        actions = np.arange(5, dtype=np.float64)[:, None]
+        running = np.array([True, True, False, True, True])
+        out = stepper.step(actions, running, threads=2, block=2)
+        for i, data in enumerate(datas):
+            np.testing.assert_array_equal(out["qpos"][i], data.qpos)
+            np.testing.assert_array_equal(out["qvel"][i], data.qvel)
+        assert datas[2].time == 0.0 and datas[2].ctrl[0] == 0.0
+        mujoco.mj_resetData(model, reference)
+        reference.ctrl[:] = 4.0
+        mujoco.mj_step(model, reference, 3)
+        np.testing.assert_array_equal(out["qpos"][4], reference.qpos)
+    finally:
+        stepper.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        stepper.step(actions, running, threads=1, block=1)
+
+
+@needs_native
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_pool_threads_end_at_close():
+    def os_threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    before = os_threads()
+    venv = MujocoBatchEnv("HalfCheetahDir", 16, num_threads=4, min_envs_per_thread=1,
+                          native=True)
+    venv.reset(seed=0)
+    venv.step(torch.zeros(16, 6))
+    assert os_threads() > before
+    venv.close()
+    assert os_threads() == before
