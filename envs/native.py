@@ -193,9 +193,14 @@ class Stepper:
         self._size = np.array([self._out[name][0].nbytes for name in self._names],
                               dtype=np.int64)
         self._message = ctypes.create_string_buffer(MESSAGE_BYTES)
-        self._pool = lib.lib.mjb_pool_new(num_threads)
+        self._pool: int | None = None
+        self._new_pool()
+
+    def _new_pool(self) -> None:
+        self._pool = self.lib.lib.mjb_pool_new(self.num_threads)
         if not self._pool:
             raise MemoryError("mjb_pool_new failed")
+        self._pid = os.getpid()
 
     def set_models(self, models: Sequence[mujoco.MjModel]) -> None:
         """The ``B`` models to step with (they must outlive their use)."""
@@ -213,6 +218,8 @@ class Stepper:
         """
         if self._pool is None:
             raise RuntimeError("this Stepper is closed")
+        if os.getpid() != self._pid:  # a forked child: the pool's threads stayed in the parent
+            self._new_pool()
         acts = np.ascontiguousarray(actions, dtype=np.float64)
         run = np.ascontiguousarray(running, dtype=np.uint8)
         failed = self.lib.lib.mjb_step(
@@ -227,10 +234,11 @@ class Stepper:
         return self._out
 
     def close(self) -> None:
-        """Join the pool's threads."""
-        if self._pool is not None:
+        """Join the pool's threads (in a forked child that never stepped: leave the parent's)."""
+        if self._pool is not None and os.getpid() == self._pid:
             self.lib.lib.mjb_pool_free(self._pool)
-            self._pool = None
+        self._pool = None
 
     def __del__(self) -> None:
-        self.close()
+        if getattr(self, "_pool", None) is not None:
+            self.close()
