@@ -33,8 +33,8 @@ clean:
 # `make gpu-wheels` (here, with network) downloads into the git-ignored .whl/ the Python 3.12
 # manylinux x86_64 wheels of what such a machine lacks: gymnasium, mujoco, stable-baselines3
 # and their non-torch dependencies (pins: the versions this repo is tested with).
-# `make gpu-check` (there) installs them into /tmp/site and runs the GPU tests and the quick
-# GPU benchmark, within 10 minutes.
+# `make gpu-check` (there) installs them into /tmp/site, builds the native stepping loop in
+# place if it can, and runs the GPU tests and the quick GPU benchmark, within 10 minutes.
 GPU_WHEELS := gymnasium==1.4.0 farama-notifications==0.0.6 cloudpickle==2.1.0 \
 	mujoco==3.3.0 glfw==2.11.0 pyopengl==3.1.10 etils==1.15.0 zipp==4.1.2 \
 	stable-baselines3==2.9.2 tqdm==4.70.1 imageio==2.38.1 \
@@ -57,5 +57,7 @@ gpu-wheels:
 gpu-check:
 	rm -rf $(GPU_SITE)
 	$(PYTHON) -m pip install --quiet --no-index --no-deps --target $(GPU_SITE) .whl/*.whl
+	# the native stepping loop, where that machine has a C compiler (else the Python loop runs)
+	-$(PYTHON) setup.py --quiet build_ext --inplace
 	PYTHONPATH=$(CURDIR):$(GPU_SITE) timeout 600 sh -c '$(PYTHON) -m pytest -q -m gpu tests && \
 		$(PYTHON) -m experiments.bench --device cuda --quick --json'

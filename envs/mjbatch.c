@@ -1,7 +1,9 @@
 /* The stepping loop of envs.mujoco_batch.MujocoBatchEnv, in C: step a batch of persistent
  * MjData on a pool of threads and copy their state into batch arrays, without the GIL.
  *
- * Built and loaded by envs/native.py (ctypes; ctypes releases the GIL for the whole call).
+ * Built by `pip install` as the extension module envs._mjbatch (setup.py); the module itself
+ * is empty: envs/native.py imports it to find the file, then loads it with ctypes, which
+ * releases the GIL for the whole call.
  * It does not include MuJoCo's headers nor link libmujoco: mj_step, mj_rnePostConstraint and
  * MuJoCo's thread-local error hook come in as function pointers taken from the libmujoco the
  * `mujoco` package loaded, and every field it reads or writes comes in as a per-env address
@@ -16,6 +18,8 @@
  * hook (the one the Python bindings use to raise mujoco.FatalError): the step returns the
  * first failing env's index and message instead of ending the process.
  */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdatomic.h>
@@ -203,3 +207,17 @@ int64_t mjb_step(pool_t *pool, int threads, int64_t block, mj_fn step, mj_fn pos
   if (job.failed_env >= 0) memcpy(message, job.message, sizeof job.message);
   return job.failed_env;
 }
+
+#ifndef MJBATCH_SOURCE_SHA256
+#define MJBATCH_SOURCE_SHA256 "unknown"
+#endif
+/* The SHA-256 of the source this was built from (setup.py passes it). */
+const char *mjb_source_sha256(void) { return MJBATCH_SOURCE_SHA256; }
+
+/* The (empty) Python module, so that the import system builds, installs and finds this file. */
+static struct PyModuleDef mjbatch_module = {
+    PyModuleDef_HEAD_INIT, "_mjbatch",
+    "The native stepping loop of envs.mujoco_batch; envs/native.py loads it with ctypes.", -1,
+    NULL};
+
+PyMODINIT_FUNC PyInit__mjbatch(void) { return PyModule_Create(&mjbatch_module); }

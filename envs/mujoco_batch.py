@@ -18,12 +18,12 @@ How it steps:
     and divergence flags are computed for the whole batch with numpy. Two loops do this, with
     the same results bit for bit:
 
-    * native (the default where a C compiler is found): ``envs/mjbatch.c`` through
+    * native (the default where ``pip install`` could compile it): ``envs/mjbatch.c`` through
       :mod:`envs.native`, on its own pool of ``num_threads - 1`` threads plus the calling one,
       with the GIL released for the whole step, so no per-environment Python work is left
       (measured on 2 cores: the 800-env meta-batch sampling went from 0.52 to 0.68 of the
       physics limit on HalfCheetahVel; README, "Fast sampling");
-    * Python (``native=False``, ``ADAPTBED_NATIVE=0``, or no compiler): the running envs are cut
+    * Python (``native=False``, ``ADAPTBED_NATIVE=0``, or not built): the running envs are cut
       into blocks; the calling thread and up to ``num_threads - 1`` pool threads take the next
       block until none is left. MuJoCo releases the GIL inside ``mj_step``, but the control
       write, the calls and the copies of every env hold it.
@@ -295,12 +295,12 @@ class MujocoBatchEnv:
         min_envs_per_thread: fewest running envs per stepping thread; a step with fewer
             running envs uses fewer threads.
         native: step with the C loop of :mod:`envs.native` (``True``), with the Python loop
-            (``False``), or with the C loop when it can be built (``None``, the default). Both
+            (``False``), or with the C loop when it was built (``None``, the default). Both
             give the same results bit for bit; :attr:`native` tells which one is used.
     Raises:
         ValueError: ``num_envs`` or ``num_threads`` below 1, or a family this class does not
             simulate (Navigation2D).
-        RuntimeError: ``native=True`` and the C loop cannot be built or loaded.
+        RuntimeError: ``native=True`` and the C loop was not built or cannot be loaded.
     """
 
     def __init__(self, family_name: str, num_envs: int, device: torch.device | str = "cpu",

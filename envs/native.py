@@ -1,21 +1,23 @@
 """The native stepping loop of :class:`envs.mujoco_batch.MujocoBatchEnv` (``envs/mjbatch.c``).
 
 The batched simulator's Python loop holds the GIL for every environment's control write, MuJoCo
-call and state copy; on 2 cores that serial work kept the sampler at 0.41-0.70 of the physics
-limit. ``envs/mjbatch.c`` runs the same loop in C on its own thread pool, with the GIL released
-for the whole step (``ctypes`` releases it around foreign calls): per environment it writes the
-control, calls ``mj_step`` ``frame_skip`` times and ``mj_rnePostConstraint`` where asked, then
-copies the fields the observation and reward need into batch arrays. It calls the very
-``mj_step`` of the ``libmujoco`` that the ``mujoco`` package loaded, on the same ``MjData``, so
-the results are bit for bit those of the Python loop (``tests/envs/test_native.py``).
+call and state copy; on 2 cores that serial work kept the meta-batch sampling at 0.59-0.70 of
+the physics limit. ``envs/mjbatch.c`` runs the same loop in C on its own thread pool, with the
+GIL released for the whole step (``ctypes`` releases it around foreign calls): per environment
+it writes the control, calls ``mj_step`` ``frame_skip`` times and ``mj_rnePostConstraint`` where
+asked, then copies the fields the observation and reward need into batch arrays. It calls the
+very ``mj_step`` of the ``libmujoco`` that the ``mujoco`` package loaded, on the same
+``MjData``, so the results are bit for bit those of the Python loop
+(``tests/envs/test_mujoco_batch.py`` runs its comparisons with both).
 
 Building:
-    The C file is compiled once per source version with the system C compiler (``$CC``, else
-    ``cc``; ``-O2 -shared -fPIC -pthread``) into ``$ADAPTBED_CACHE`` (default
-    ``~/.cache/adaptbed``), on first use; nothing is downloaded. Without a compiler, or when the
-    build or load fails, :func:`library` returns ``None``, :func:`unavailable_reason` says why,
-    and the simulator falls back to its Python loop (same results, slower). Set
-    ``ADAPTBED_NATIVE=0`` to force the Python loop.
+    ``pip install`` compiles the C file as the (otherwise empty) extension module
+    ``envs._mjbatch`` (``setup.py``); this module imports it only to find the file, and loads
+    it with ``ctypes``. Nothing is compiled or written at run time. Where it was not built (no
+    C compiler at install time, or the source tree used without installing), :func:`library`
+    returns ``None``, :func:`unavailable_reason` says why, and the simulator falls back to its
+    Python loop (same results, slower). ``ADAPTBED_NATIVE=0`` forces the Python loop.
+    ``python -m envs.native`` reports which one runs.
 """
 
 from __future__ import annotations
@@ -23,27 +25,22 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import importlib
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import mujoco
 import numpy as np
 
+#: The extension module that holds the compiled loop, and its source.
+EXTENSION = "envs._mjbatch"
 SOURCE = Path(__file__).with_name("mjbatch.c")
 #: Bytes of the message buffer ``mjb_step`` fills on a MuJoCo fatal error.
 MESSAGE_BYTES = 512
 
 _reason: str | None = None
-
-
-def cache_dir() -> Path:
-    """Where the compiled library is kept (``$ADAPTBED_CACHE`` or ``~/.cache/adaptbed``)."""
-    return Path(os.environ.get("ADAPTBED_CACHE", Path.home() / ".cache" / "adaptbed"))
 
 
 def enabled() -> bool:
@@ -56,29 +53,18 @@ def unavailable_reason() -> str | None:
     return _reason
 
 
-def _library_path() -> Path:
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
-    tag = f"{sys.platform}-{os.uname().machine}" if hasattr(os, "uname") else sys.platform
-    return cache_dir() / f"mjbatch-{digest}-{tag}.so"
+def source_sha256() -> str:
+    """SHA-256 of ``envs/mjbatch.c`` (a build records the one it was compiled from)."""
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()
 
 
-def _compile(target: Path) -> None:
-    """Compile ``SOURCE`` into ``target`` atomically (another process may race us)."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise RuntimeError("no C compiler found (set CC, or install gcc)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        cmd = [compiler, "-O2", "-std=c11", "-shared", "-fPIC", "-pthread", str(SOURCE), "-o", tmp]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr.strip()}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def extension_path() -> Path:
+    """The compiled ``envs._mjbatch``'s file.
+
+    Raises:
+        ImportError: it was not built (``pip install -e .`` builds it).
+    """
+    return Path(importlib.import_module(EXTENSION).__file__)
 
 
 class Library:
@@ -86,6 +72,11 @@ class Library:
 
     def __init__(self, path: Path):
         self.lib = ctypes.CDLL(str(path))
+        self.lib.mjb_source_sha256.restype = ctypes.c_char_p
+        built = self.lib.mjb_source_sha256().decode()
+        if SOURCE.exists() and built != source_sha256():
+            raise RuntimeError(f"{path.name} was built from another version of {SOURCE.name}: "
+                               "rebuild it with `pip install -e .`")
         self.lib.mjb_pool_new.restype = ctypes.c_void_p
         self.lib.mjb_pool_new.argtypes = [ctypes.c_int]
         self.lib.mjb_pool_free.restype = None
@@ -113,46 +104,29 @@ def _libmujoco_path() -> str:
     return str(candidates[0])
 
 
-def build() -> Path:
-    """Compile the library unless the cache already holds this source's build; its path.
-
-    Raises:
-        RuntimeError: no C compiler, or the compiler failed (its message included).
-        OSError: the cache directory cannot be written.
-    """
-    path = _library_path()
-    if not path.exists():
-        _compile(path)
-    return path
-
-
 @functools.lru_cache(maxsize=1)
 def library() -> Library | None:
-    """The compiled library (built on first use), or ``None`` when it cannot be had."""
+    """The loaded library, or ``None`` when it was not built or is switched off."""
     global _reason
     _reason = None
     if not enabled():
         _reason = "ADAPTBED_NATIVE=0"
         return None
     try:
-        return Library(build())
-    except (OSError, RuntimeError, AttributeError) as err:
+        return Library(extension_path())
+    except (ImportError, OSError, RuntimeError, AttributeError) as err:
         _reason = f"{type(err).__name__}: {err}"
         return None
 
 
 def main() -> int:
-    """``python -m envs.native``: build and load the library; exit 1 (with why) if it fails."""
+    """``python -m envs.native``: load the library; exit 1 (with why) if it cannot be."""
     lib = library()
     if lib is None:
         print(f"native stepping loop unavailable: {unavailable_reason()}", file=sys.stderr)
         return 1
-    print(f"native stepping loop: {_library_path()}")
+    print(f"native stepping loop: {extension_path()}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 class Stepper:
@@ -242,3 +216,7 @@ class Stepper:
     def __del__(self) -> None:
         if getattr(self, "_pool", None) is not None:
             self.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

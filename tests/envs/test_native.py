@@ -20,12 +20,11 @@ needs_native = pytest.mark.skipif(
 
 
 @pytest.fixture
-def fresh_library(monkeypatch, tmp_path):
-    """``native.library()`` rebuilt from scratch in an empty cache under ``tmp_path``."""
-    monkeypatch.setenv("ADAPTBED_CACHE", str(tmp_path / "cache"))
+def reload_library():
+    """``native.library()`` loaded afresh in the test, and again after it."""
     native.library.cache_clear()
-    yield tmp_path / "cache"
-    native.library.cache_clear()  # the next caller loads the default cache's library again
+    yield
+    native.library.cache_clear()
 
 
 def chain_model(memory: str) -> mujoco.MjModel:
@@ -38,22 +37,26 @@ def chain_model(memory: str) -> mujoco.MjModel:
 
 
 @needs_native
-def test_builds_into_an_empty_cache_and_steps(fresh_library):
+def test_loads_the_extension_that_pip_install_built(reload_library):
     lib = native.library()
     assert lib is not None and native.unavailable_reason() is None
-    assert len(list(fresh_library.glob("mjbatch-*.so"))) == 1
-    venv = MujocoBatchEnv("HalfCheetahVel", 4, num_threads=2, min_envs_per_thread=1, native=True)
+    assert native.extension_path().name.startswith("_mjbatch")
+    venv = MujocoBatchEnv("HalfCheetahVel", 4, num_threads=2, min_envs_per_thread=1)
     try:
+        assert venv.native
         venv.reset(seed=0)
         assert torch.isfinite(venv.step(torch.zeros(4, 6)).observations).all()
     finally:
         venv.close()
 
 
-def test_without_a_compiler_it_falls_back_to_the_python_loop(fresh_library, monkeypatch):
-    monkeypatch.setenv("CC", str(fresh_library / "no-such-compiler"))
+def test_without_the_extension_it_falls_back_to_the_python_loop(reload_library, monkeypatch):
+    def not_built() -> None:
+        raise ImportError("No module named 'envs._mjbatch'")
+
+    monkeypatch.setattr(native, "extension_path", not_built)
     assert native.library() is None
-    assert "no-such-compiler" in native.unavailable_reason()
+    assert "envs._mjbatch" in native.unavailable_reason()
     with MujocoBatchEnv("HalfCheetahVel", 2, num_threads=1) as venv:
         assert not venv.native
         venv.reset(seed=0)
@@ -62,7 +65,15 @@ def test_without_a_compiler_it_falls_back_to_the_python_loop(fresh_library, monk
         MujocoBatchEnv("HalfCheetahVel", 2, native=True)
 
 
-def test_adaptbed_native_0_forces_the_python_loop(fresh_library, monkeypatch):
+@needs_native
+def test_a_build_of_another_source_version_is_refused(reload_library, monkeypatch):
+    monkeypatch.setattr(native, "source_sha256", lambda: "0" * 64)
+    assert native.library() is None
+    assert "another version of mjbatch.c" in native.unavailable_reason()
+    assert "pip install -e ." in native.unavailable_reason()
+
+
+def test_adaptbed_native_0_forces_the_python_loop(reload_library, monkeypatch):
     monkeypatch.setenv("ADAPTBED_NATIVE", "0")
     with MujocoBatchEnv("AntVel", 2, num_threads=1) as venv:
         assert not venv.native
