@@ -216,8 +216,10 @@ const char *mjb_source_sha256(void) { return MJBATCH_SOURCE_SHA256; }
 
 /* The (empty) Python module, so that the import system builds, installs and finds this file. */
 static struct PyModuleDef mjbatch_module = {
-    PyModuleDef_HEAD_INIT, "_mjbatch",
-    "The native stepping loop of envs.mujoco_batch; envs/native.py loads it with ctypes.", -1,
-    NULL};
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "_mjbatch",
+    .m_doc = "The native stepping loop of envs.mujoco_batch; envs/native.py loads it with ctypes.",
+    .m_size = -1,
+};
 
 PyMODINIT_FUNC PyInit__mjbatch(void) { return PyModule_Create(&mjbatch_module); }
