@@ -188,8 +188,13 @@ class Stepper:
         Returns:
             name -> ``[B, *shape]`` arrays (reused by the next call: copy what must outlive it).
         Raises:
+            ValueError: ``actions`` is not ``[B, nu]`` or ``running`` not ``[B]``.
             RuntimeError: MuJoCo raised a fatal error stepping an environment.
         """
+        if np.shape(actions) != (self.num_envs, self.nu) or np.shape(running) != (self.num_envs,):
+            raise ValueError(f"expected actions {(self.num_envs, self.nu)} and running "
+                             f"{(self.num_envs,)}, got {np.shape(actions)} and "
+                             f"{np.shape(running)}")
         if self._pool is None:
             raise RuntimeError("this Stepper is closed")
         if os.getpid() != self._pid:  # a forked child: the pool's threads stayed in the parent

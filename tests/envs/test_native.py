@@ -122,6 +122,8 @@ def test_step_gathers_every_field_and_steps_only_running_envs():
         reference.ctrl[:] = 4.0
         mujoco.mj_step(model, reference, 3)
         np.testing.assert_array_equal(out["qpos"][4], reference.qpos)
+        with pytest.raises(ValueError, match="expected actions"):  # before reading any memory
+            stepper.step(np.zeros((4, 1)), running, threads=1, block=1)
     finally:
         stepper.close()
     with pytest.raises(RuntimeError, match="closed"):
