@@ -74,7 +74,7 @@ def timed_outer_parts(timers: dict[str, float]) -> Iterator[None]:
     (``candidate_loss_and_kl``) into ``timers`` while the block runs."""
     from meta import outer
 
-    real_cg, real_trial = outer.conjugate_gradient, outer.candidate_loss_and_kl
+    real_cg, real_trial = outer.conjugate_gradient_and_product, outer.candidate_loss_and_kl
 
     def cg(*args: Any, **kwargs: Any) -> Any:
         began = time.perf_counter()
@@ -92,11 +92,11 @@ def timed_outer_parts(timers: dict[str, float]) -> Iterator[None]:
             timers["line_search"] = timers.get("line_search", 0.0) + time.perf_counter() - began
             timers["line_search_calls"] = timers.get("line_search_calls", 0) + 1
 
-    outer.conjugate_gradient, outer.candidate_loss_and_kl = cg, trial
+    outer.conjugate_gradient_and_product, outer.candidate_loss_and_kl = cg, trial
     try:
         yield
     finally:
-        outer.conjugate_gradient, outer.candidate_loss_and_kl = real_cg, real_trial
+        outer.conjugate_gradient_and_product, outer.candidate_loss_and_kl = real_cg, real_trial
 
 
 def bench(cfg: cfglib.Config, settings: Sequence[tuple[str, float]], run_dir: Path | None,

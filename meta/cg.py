@@ -23,7 +23,21 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int
     Returns:
         ``x [P]``.
     """
+    return conjugate_gradient_and_product(matvec, b, iters, residual_tol)[0]
+
+
+def conjugate_gradient_and_product(matvec: Callable[[Tensor], Tensor], b: Tensor,
+                                   iters: int = 10, residual_tol: float = 1e-10
+                                   ) -> tuple[Tensor, Tensor]:
+    """:func:`conjugate_gradient`'s ``x [P]`` and ``A x [P]``, without another ``matvec``.
+
+    ``x = sum_k alpha_k p_k`` over the search directions, and CG has already computed every
+    ``A p_k``, so ``A x = sum_k alpha_k A p_k`` (``A`` is linear): equal to ``matvec(x)`` up to
+    float rounding. TRPO needs ``x^T A x`` for its step length (Schulman et al. 2015,
+    appendix C), and one Fisher-vector product is the expensive part of an iteration.
+    """
     x = torch.zeros_like(b)
+    ax = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
     r_dot = r @ r
@@ -33,8 +47,9 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int
         ap = matvec(p)
         alpha = r_dot / (p @ ap)
         x = x + alpha * p
+        ax = ax + alpha * ap
         r = r - alpha * ap
         new_r_dot = r @ r
         p = r + (new_r_dot / r_dot) * p
         r_dot = new_r_dot
-    return x
+    return x, ax

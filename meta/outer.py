@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from agents.policies import DistParams, Params, batched_dist_params, dist_params
-from meta.cg import conjugate_gradient
+from meta.cg import conjugate_gradient_and_product
 from meta.episodes import Episodes
 from meta.maml import InnerLoop, adapt, detached, reinforce_loss
 from meta.returns import weighted_mean
@@ -212,8 +212,9 @@ class TRPO(OuterOptimizer):
         def fisher_vector_product(v: Tensor) -> Tensor:
             return kl_hessian(v) + self.cg_damping * v
 
-        step_dir = conjugate_gradient(fisher_vector_product, g, self.cg_iters)
-        shs = 0.5 * (step_dir @ fisher_vector_product(step_dir))
+        step_dir, f_step_dir = conjugate_gradient_and_product(fisher_vector_product, g,
+                                                              self.cg_iters)
+        shs = 0.5 * (step_dir @ f_step_dir)  # x^T F x from CG's own products
         metrics = {"loss_before": loss.item(), "grad_norm": g.norm().item()}
         if not _finite(g, step_dir, shs) or shs <= 0:
             return {**metrics, "loss_after": loss.item(), "kl": 0.0, "ls_steps": 0.0,

@@ -13,7 +13,7 @@ import torch
 
 import meta.outer as outer
 from agents.policies import GaussianMLPPolicy, dist_params
-from meta.cg import conjugate_gradient
+from meta.cg import conjugate_gradient, conjugate_gradient_and_product
 from meta.episodes import Episodes
 from meta.maml import InnerLoop, adapt, with_advantages
 from meta.outer import PPO, TRPO, AdamOuter, MetaBatch, OuterOptimizer, make_outer
@@ -151,6 +151,27 @@ def test_conjugate_gradient_respects_the_iteration_budget():
     assert err(x3) < err(x1) < err(torch.zeros(6, dtype=F64))
 
 
+@pytest.mark.parametrize("iters", [1, 3, 5, 12])
+def test_conjugate_gradient_product_is_a_times_x_without_another_matvec(iters):
+    g = torch.Generator().manual_seed(7)
+    m = torch.randn(12, 12, generator=g, dtype=F64)
+    a = m @ m.T + 0.1 * torch.eye(12, dtype=F64)  # 12 dims: not solved before 12 iterations
+    b = torch.randn(12, generator=g, dtype=F64)
+    calls = []
+
+    def matvec(v):
+        calls.append(1)
+        return a @ v
+
+    x, ax = conjugate_gradient_and_product(matvec, b, iters=iters)
+    assert len(calls) == iters
+    torch.testing.assert_close(ax, a @ x, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(x, conjugate_gradient(lambda v: a @ v, b, iters=iters),
+                               rtol=0, atol=0)
+    if iters < 12:
+        assert not torch.allclose(ax, b, atol=1e-6)  # not converged: A x is not simply b
+
+
 # --- TRPO -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("max_kl", [1e-6, 1e-2, 1.0])
 def test_trpo_step_respects_the_trust_region_and_improves_the_surrogate(max_kl):
@@ -181,6 +202,29 @@ def test_trpo_step_respects_the_trust_region_and_improves_the_surrogate(max_kl):
     # a tiny trust region: the full step overshoots it by third-order terms on some seeds;
     # a large one: the quadratic model is poor and the line search always backtracks
     assert backtracked >= (3 if max_kl >= 1.0 else 1)
+
+
+def test_trpo_step_computes_one_fisher_product_per_cg_iteration(monkeypatch):
+    """The step length's ``x^T F x`` comes from CG's own products, not an extra one."""
+    real, calls = outer.kl_hessian_product, []
+
+    def counted(*args, **kwargs):
+        product = real(*args, **kwargs)
+
+        def count(v):
+            calls.append(1)
+            return product(v)
+
+        return count
+
+    monkeypatch.setattr(outer, "kl_hessian_product", counted)
+    policy, batch = make_policy(0), make_batch(0)
+    before = snapshot(policy)
+    metrics = TRPO(policy, INNER, max_kl=1e-2, cg_iters=3).step(batch)
+    assert len(calls) == 3
+    assert metrics["accepted"] == 1.0
+    kl, _ = kl_and_surrogate(policy, before, snapshot(policy), batch)
+    assert 0 < kl <= 1e-2 * (1 + 1e-9)
 
 
 @pytest.mark.parametrize("max_kl", [1e-3, 1e-2])
