@@ -11,7 +11,9 @@
  * `mujoco.mj_step(model, data, nstep)` calls, on the same MjData, in the same order per env.
  *
  * One call (mjb_step):
- *   for every env i in [0, B), in blocks taken in turn by the calling thread and the workers:
+ *   for every position p in [0, B), in blocks taken in turn by the calling thread and the
+ *   workers, the env i = order[p] (a permutation of the envs: the caller puts the running ones
+ *   first, so that the blocks share out the stepping evenly however few envs still run):
  *     if run[i]: ctrl_i[:] = act[i]; nstep x mj_step(m_i, d_i); post(m_i, d_i) if post
  *     for every field f: memcpy(dst_f + i * size_f, src_f[i], size_f)
  * A MuJoCo fatal error (mju_error) inside a step is caught with MuJoCo's thread-local error
@@ -43,6 +45,7 @@ typedef struct {
   double *const *ctrl;                /* [B] */
   const double *act;                  /* [B, nu] */
   const uint8_t *run;                 /* [B] */
+  const int64_t *order;               /* [B] a permutation: the envs in the order taken */
   /* the fields to gather: src[f * B + i] -> dst[f] + i * size[f] */
   int64_t num_fields;
   void *const *src;
@@ -108,7 +111,8 @@ static void drain(job_t *job) {
     int64_t start = atomic_fetch_add(&job->next, 1) * job->block;
     if (start >= B) break;
     int64_t end = start + job->block < B ? start + job->block : B;
-    for (int64_t i = start; i < end; i++) {
+    for (int64_t p = start; p < end; p++) {
+      int64_t i = job->order[p];
       if (job->run[i] && !atomic_load(&job->failed) && step_env(job, i))
         record_failure(job, i);
       for (int64_t f = 0; f < job->num_fields; f++)
@@ -178,11 +182,12 @@ void mjb_pool_free(pool_t *pool) {
 int64_t mjb_step(pool_t *pool, int threads, int64_t block, mj_fn step, mj_fn post,
                  set_error_fn set_tls_error, get_error_fn get_tls_error, int64_t num_envs,
                  int64_t nu, int64_t nstep, void *const *models, void *const *datas,
-                 double *const *ctrl, const double *act, const uint8_t *run, int64_t num_fields,
+                 double *const *ctrl, const double *act, const uint8_t *run,
+                 const int64_t *order, int64_t num_fields,
                  void *const *src, char *const *dst, const int64_t *size, char *message) {
   job_t job = {.step = step, .post = post, .set_tls_error = set_tls_error,
                .get_tls_error = get_tls_error, .num_envs = num_envs, .nu = nu, .nstep = nstep,
-               .models = models, .datas = datas, .ctrl = ctrl, .act = act, .run = run,
+               .models = models, .datas = datas, .ctrl = ctrl, .act = act, .run = run, .order = order,
                .num_fields = num_fields, .src = src, .dst = dst, .size = size,
                .block = block > 0 ? block : 1, .failed_env = -1};
   atomic_init(&job.next, 0);

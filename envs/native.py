@@ -84,7 +84,7 @@ class Library:
         p, i64 = ctypes.c_void_p, ctypes.c_int64
         self.lib.mjb_step.restype = i64
         self.lib.mjb_step.argtypes = [p, ctypes.c_int, i64, p, p, p, p, i64, i64, i64,
-                                      p, p, p, p, p, i64, p, p, p, p]
+                                      p, p, p, p, p, p, i64, p, p, p, p]
         mj = ctypes.CDLL(_libmujoco_path())  # already loaded by `mujoco`: the same instance
 
         def address(name: str) -> int:
@@ -185,6 +185,9 @@ class Stepper:
              block: int) -> dict[str, np.ndarray]:
         """Step the running envs with ``actions [B, nu]`` (float64), gather every field.
 
+        The running envs are handed out first, in blocks of ``block`` envs, so that the threads
+        share the stepping evenly however few envs run and wherever they are in the batch.
+
         Returns:
             name -> ``[B, *shape]`` arrays (reused by the next call: copy what must outlive it).
         Raises:
@@ -201,11 +204,13 @@ class Stepper:
             self._new_pool()
         acts = np.ascontiguousarray(actions, dtype=np.float64)
         run = np.ascontiguousarray(running, dtype=np.uint8)
+        order = np.argsort(run == 0, kind="stable")  # the running envs first, each in order
         failed = self.lib.lib.mjb_step(
             self._pool, threads, block, self.lib.mj_step, self.post, self.lib.set_tls_error,
             self.lib.get_tls_error, self.num_envs, self.nu, self.nstep,
             self._models_addr.ctypes.data, self._datas_addr.ctypes.data,
-            self._ctrl_addr.ctypes.data, acts.ctypes.data, run.ctypes.data, len(self._names),
+            self._ctrl_addr.ctypes.data, acts.ctypes.data, run.ctypes.data, order.ctypes.data,
+            len(self._names),
             self._src.ctypes.data, self._dst.ctypes.data, self._size.ctypes.data, self._message)
         if failed >= 0:
             message = self._message.value.decode(errors="replace")

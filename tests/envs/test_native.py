@@ -131,6 +131,33 @@ def test_step_gathers_every_field_and_steps_only_running_envs():
 
 
 @needs_native
+@pytest.mark.parametrize("running_at", [(1, 6, 11), (0,), (11,), tuple(range(12))])
+def test_the_running_envs_handed_out_first_keep_their_own_actions_and_slots(running_at):
+    """The loop steps the running envs before the others (for balance); each env still gets
+    its own action and its state lands in its own row."""
+    model = mujoco.MjModel.from_xml_string(
+        '<mujoco><worldbody><body><joint name="x" type="slide" axis="1 0 0"/><geom size=".1"/></body>'
+        '</worldbody><actuator><motor joint="x" gear="1"/></actuator></mujoco>')
+    datas = [mujoco.MjData(model) for _ in range(12)]
+    fields = {"qvel": [d.qvel for d in datas]}
+    stepper = native.Stepper(native.library(), 2, [model] * 12, datas, [d.ctrl for d in datas],
+                             fields, nstep=2, contacts=False)
+    try:
+        actions = 1.0 + np.arange(12, dtype=np.float64)[:, None]
+        running = np.isin(np.arange(12), running_at)
+        out = stepper.step(actions, running, threads=2, block=1)
+        for i, data in enumerate(datas):
+            reference = mujoco.MjData(model)
+            if running[i]:
+                reference.ctrl[:] = actions[i]
+                mujoco.mj_step(model, reference, 2)
+            np.testing.assert_array_equal(out["qvel"][i], reference.qvel)
+            assert data.time == reference.time
+    finally:
+        stepper.close()
+
+
+@needs_native
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
 def test_pool_threads_end_at_close():
     def os_threads() -> int:
