@@ -33,9 +33,10 @@ How it steps:
     fewer than ``min_envs_per_thread`` running envs per thread use fewer threads. Envs whose
     episodes ended are skipped, so the families that terminate (Ant, Hopper, Walker) spend much
     of a batch's time with few envs running: there a second thread pays even for two envs
-    (AntVel, 64 envs x 200 steps, native loop: 7,081-7,194 env steps/s with at least 8 envs per
-    thread, 8,123-8,324 with 2; HopperRandParams 15,975-17,028 and 17,217-17,523; the same
-    measured on HalfCheetah with 8 envs: 11,781-13,617 and 13,467-14,278).
+    (``python -m experiments.bench_threads --family AntVel HopperRandParams HalfCheetahVel
+    --threads 2 --sizes 8x8,1x8 --min-envs-per-thread 8,2``, three runs, README "Fast
+    sampling"; AntVel, 64 envs: 5,314-5,583 env steps/s with at least 8 envs per thread,
+    5,782-6,303 with 2).
 
     ``mujoco.rollout`` (the C++ thread pool stepping a batch from given states) was measured as
     the alternative: it is at most about 10-15% faster on HalfCheetah and Ant (2 threads, no
