@@ -38,6 +38,9 @@ only the steps of running episodes):
   :func:`experiments.train.build`), run in a fresh process whose ``peak_rss_mb`` (peak resident
   memory of that process, interpreter, torch and MuJoCo included) is reported with it;
   ``iteration_sampling_sps`` is its sampling throughput at the preset's meta-batch size.
+  That process keeps freed memory for reuse as ``adaptbed`` does (:mod:`experiments.memory`;
+  ``malloc_keeps_freed`` says whether the setting took effect; ``ADAPTBED_MALLOC=system``
+  measures without it).
   ``--device cuda`` runs it (policy, adaptation, outer update) on the GPU.
 
 ``--iteration-only`` measures only ``iteration_seconds``, ``first_iteration_seconds`` and
@@ -76,6 +79,7 @@ from envs.mujoco_batch import BLOCKS_PER_THREAD, MujocoBatchEnv, default_threads
 from envs.registry import FAMILIES, FamilySpec, UnknownFamilyError, family, make
 from experiments import config as cfglib
 from experiments.cliutil import Parser, fail
+from experiments.memory import keep_freed_memory
 from experiments.presets import get_preset
 from meta.sampler import sample_episodes
 
@@ -258,6 +262,7 @@ def iteration_split(preset: str, device: str, quick: bool, torch_threads: int | 
     from experiments.train import build, iteration_tasks
     from meta.adaptation import collect_meta_batch, step_seeds
 
+    malloc_kept = keep_freed_memory()  # as the `adaptbed` command does in its process
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
     overrides = [f"run.device={device}", *(QUICK_ITERATION if quick else ()), *overrides]
@@ -292,6 +297,7 @@ def iteration_split(preset: str, device: str, quick: bool, torch_threads: int | 
         "iteration_episodes_per_task": cfg.maml.episodes_per_task,
         "iteration_sampling_sps": metrics["env_steps"] / max(split[1]["sampling"], 1e-9),
         "peak_rss_mb": peak_rss_mb(),
+        "malloc_keeps_freed": malloc_kept,
     }
 
 

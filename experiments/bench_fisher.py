@@ -39,6 +39,7 @@ import torch
 
 from experiments import config as cfglib
 from experiments.cliutil import Parser, fail
+from experiments.memory import keep_freed_memory
 from experiments.presets import get_preset
 from experiments.rundir import RunDirError, load_checkpoint, load_latest_checkpoint, read_json
 
@@ -193,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfglib.validate(cfg)
     except (ValueError, cfglib.ConfigError, RunDirError) as err:
         return fail("bench_fisher", str(err))
+    keep_freed_memory()  # as the `adaptbed` command does
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
     try:

@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 
 from experiments.cliutil import Parser
+from experiments.memory import keep_freed_memory
 from agents.policies import make_policy
 from envs.registry import family, make
 from experiments.presets import get_preset
@@ -89,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench_inner: error: --device cuda but no CUDA GPU is available", file=sys.stderr)
         return 2
+    keep_freed_memory()  # as the `adaptbed` command does
     for preset in args.preset:
         print(json.dumps(bench(preset, args.device, args.repeats)), flush=True)
     return 0

@@ -6,6 +6,8 @@ import importlib
 import sys
 from typing import Sequence
 
+from experiments.memory import keep_freed_memory
+
 COMMANDS = {
     "envs": ("experiments.envs_table", "list the task families and their splits"),
     "train": ("experiments.train", "meta-train a policy (MAML) on a task family"),
@@ -39,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"adaptbed: error: unknown command {name!r}; known: {', '.join(COMMANDS)}",
               file=sys.stderr)
         return 2
+    keep_freed_memory()  # fewer page faults in the tensor-heavy steps (experiments.memory)
     try:
         module = importlib.import_module(COMMANDS[name][0])
     except ModuleNotFoundError as err:
