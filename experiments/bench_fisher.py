@@ -19,7 +19,9 @@ then takes one TRPO step from the *same* parameters with every setting ``fisher:
 * where the step's time goes: ``conjugate_gradient_seconds`` (the Fisher-vector products),
   ``line_search_adaptations`` and ``line_search_adaptation_seconds`` (the line-search trials,
   ``meta.outer.candidate_loss_and_kl``: each re-adapts the tasks from the candidate
-  parameters and evaluates the adapted policies, stopping early once the KL bound is broken).
+  parameters and evaluates the adapted policies, stopping early once the KL bound is broken);
+* ``minor_page_faults`` during the step, and ``malloc_keeps_freed``: whether the process keeps
+  freed memory for reuse (:mod:`experiments.memory`; ``ADAPTBED_MALLOC=system`` turns it off).
 
 The surrogate improvement per step is what a cheaper Fisher may cost; the line search keeps the
 exact KL bound whatever the estimate (``tests/meta/test_outer.py``).
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -100,8 +103,13 @@ def timed_outer_parts(timers: dict[str, float]) -> Iterator[None]:
         outer.conjugate_gradient_and_product, outer.candidate_loss_and_kl = real_cg, real_trial
 
 
+def minor_page_faults() -> int:
+    """This process's minor page faults so far (``ru_minflt``)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def bench(cfg: cfglib.Config, settings: Sequence[tuple[str, float]], run_dir: Path | None,
-          iteration: int, checkpoint: Path | None = None) -> list[dict]:
+          iteration: int, checkpoint: Path | None = None, malloc_kept: bool = False) -> list[dict]:
     """One meta-batch, one TRPO step per setting from the same parameters: ``checkpoint``'s,
     else ``run_dir``'s latest, else the preset's initial policy."""
     from experiments.train import build, iteration_tasks
@@ -133,10 +141,13 @@ def bench(cfg: cfglib.Config, settings: Sequence[tuple[str, float]], run_dir: Pa
                     cg_damping=o.cg_damping, ls_max_steps=o.ls_max_steps,
                     ls_backtrack_ratio=o.ls_backtrack_ratio, fisher=fisher,
                     fisher_subsample=subsample)
+        faults = minor_page_faults()
         began = time.perf_counter()
         with timed_outer_parts(timers):
             step = trpo.step(batch)
-        return step, time.perf_counter() - began
+        seconds = time.perf_counter() - began
+        timers["minor_page_faults"] = minor_page_faults() - faults
+        return step, seconds
 
     timers: dict[str, float] = {}
     take_step(*settings[-1])  # untimed warm-up (allocator, first autograd/vmap calls)
@@ -155,6 +166,8 @@ def bench(cfg: cfglib.Config, settings: Sequence[tuple[str, float]], run_dir: Pa
             "line_search_adaptations": int(timers.get("line_search_calls", 0)),
             "line_search_adaptation_seconds": timers.get("line_search", 0.0),
             "torch_threads": torch.get_num_threads(),
+            "minor_page_faults": int(timers["minor_page_faults"]),
+            "malloc_keeps_freed": malloc_kept,
             "collect_seconds": collect_seconds,
             "improvement_per_iteration_second": (step["loss_before"] - step["loss_after"])
             / (collect_seconds + seconds),
@@ -194,13 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfglib.validate(cfg)
     except (ValueError, cfglib.ConfigError, RunDirError) as err:
         return fail("bench_fisher", str(err))
-    keep_freed_memory()  # as the `adaptbed` command does
+    malloc_kept = keep_freed_memory()  # as the `adaptbed` command does
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
     try:
         if args.checkpoint is not None and args.run_dir is None:
             raise RunDirError("--checkpoint needs the --run-dir whose config it belongs to")
-        rows = bench(cfg, settings, args.run_dir, args.iteration, args.checkpoint)
+        rows = bench(cfg, settings, args.run_dir, args.iteration, args.checkpoint, malloc_kept)
     except RunDirError as err:
         return fail("bench_fisher", str(err))
     for row in rows:

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from experiments import bench_fisher
+from experiments import bench_fisher, memory
 
 TINY = ["--preset", "navigation-2d", "maml.meta_batch_size=4", "maml.episodes_per_task=4",
         "policy.hidden_sizes=16,16", "--torch-threads", "1"]
@@ -40,6 +40,8 @@ def test_every_setting_steps_from_the_same_parameters(capsys):
         assert 0 < row["line_search_adaptation_seconds"] < row["seconds"]
         assert 0 < row["conjugate_gradient_seconds"] < row["seconds"]
         assert row["collect_seconds"] == rows[0]["collect_seconds"] > 0  # one meta-batch
+        assert isinstance(row["minor_page_faults"], int) and row["minor_page_faults"] >= 0
+        assert row["malloc_keeps_freed"] == memory.keep_freed_memory()
         assert row["improvement_per_iteration_second"] == pytest.approx(
             row["surrogate_improvement"] / (row["collect_seconds"] + row["seconds"]))
     from meta import outer
