@@ -4,14 +4,18 @@ A MAML-TRPO step on CPU allocates and frees thousands of tensors of a few MB (on
 activations, ``[4000, 100]`` float32 = 1.6 MB, and their gradients). glibc's ``malloc`` serves
 blocks above its mmap threshold (128 KB at start, raised as blocks are freed) with fresh
 ``mmap`` calls and returns the heap's free top to the system beyond its trim threshold, so
-the next tensor of that size is paged in again: about 100,000 page faults per outer step of the
-halfcheetah-vel preset, each zeroing a page that the op then overwrites. With both thresholds
-raised, freed blocks stay in the heap and are reused: the same step took 0 to 3,500 faults.
+the next tensor of that size is paged in again: 60,000-150,000 page faults per outer step of
+the halfcheetah-vel preset, each zeroing a page that the op then overwrites. With both
+thresholds raised, freed blocks stay in the heap and are reused: the same step took 20-12,000
+faults (``python -m experiments.bench_fisher --settings exact:0.1``, key ``minor_page_faults``).
+That saves kernel time; the wall-clock gain is small (README, "One meta-iteration, and the
+outer update").
 
 :func:`keep_freed_memory` sets them with ``mallopt`` where the C library is glibc (Linux); it
 does nothing elsewhere. ``ADAPTBED_MALLOC=system`` leaves the allocator as it is (to compare).
-The process's peak resident memory is the same high-water mark either way: memory freed from
-the peak is kept for reuse rather than returned (README, "Performance").
+The process's peak resident memory is the same high-water mark either way; memory freed from
+the peak is kept for reuse rather than returned, so the resident memory between iterations
+stays at that mark.
 """
 
 from __future__ import annotations
