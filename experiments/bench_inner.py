@@ -6,6 +6,8 @@ prints one JSON object per preset with the seconds of one adaptation + meta-grad
 form, measured in the same run on synthetic episodes of the preset's shapes (meta-batch size x
 episodes per task x horizon, the family's observation and action sizes). The faster form per
 device is what ``maml.inner_batching=auto`` uses (``experiments.train.AUTO_BATCHING``).
+``malloc_keeps_freed``: whether the process keeps freed memory for reuse, as ``adaptbed`` does
+(:mod:`experiments.memory`).
 """
 
 from __future__ import annotations
@@ -90,9 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench_inner: error: --device cuda but no CUDA GPU is available", file=sys.stderr)
         return 2
-    keep_freed_memory()  # as the `adaptbed` command does
+    malloc_kept = keep_freed_memory()  # as the `adaptbed` command does
     for preset in args.preset:
-        print(json.dumps(bench(preset, args.device, args.repeats)), flush=True)
+        result = {**bench(preset, args.device, args.repeats), "malloc_keeps_freed": malloc_kept}
+        print(json.dumps(result), flush=True)
     return 0
 
 

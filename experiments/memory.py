@@ -21,7 +21,6 @@ stays at that mark.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 #: ``mallopt`` parameter numbers of glibc's ``malloc.h``.
@@ -30,31 +29,43 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 #: Blocks below this come from the heap and free memory up to this stays there: 1 GiB.
 THRESHOLD_BYTES = 1 << 30
 
+#: The largest mmap threshold older glibc releases accept on 64-bit (``HEAP_MAX_SIZE / 2``).
+OLD_GLIBC_MAX_MMAP_THRESHOLD = 32 << 20
+
 _ENV = "ADAPTBED_MALLOC"
+
+
+def supported() -> bool:
+    """Whether :func:`keep_freed_memory` applies here (glibc, and ``ADAPTBED_MALLOC`` is not
+    ``system``); changes nothing."""
+    return os.environ.get(_ENV, "") != "system" and _glibc() is not None
 
 
 def keep_freed_memory(threshold: int = THRESHOLD_BYTES) -> bool:
     """Raise glibc ``malloc``'s mmap and trim thresholds to ``threshold`` bytes.
 
+    Where glibc refuses so large an mmap threshold (older releases), it is set to 32 MiB, the
+    most those accept. ``ADAPTBED_MALLOC=system`` leaves the allocator alone; any
+    other value (or none) applies the setting.
+
     Returns whether the setting is in effect: False where ``ADAPTBED_MALLOC=system``, where
-    the C library is not glibc, or where ``mallopt`` refused a value.
+    the C library is not glibc, or where ``mallopt`` refused both values.
     """
-    if os.environ.get(_ENV, "") == "system":
+    if not supported():
         return False
     libc = _glibc()
-    if libc is None:
-        return False
-    return (libc.mallopt(M_MMAP_THRESHOLD, threshold) == 1
-            and libc.mallopt(M_TRIM_THRESHOLD, threshold) == 1)
+    assert libc is not None
+    mmap_set = (libc.mallopt(M_MMAP_THRESHOLD, threshold) == 1
+                or libc.mallopt(M_MMAP_THRESHOLD, min(threshold, OLD_GLIBC_MAX_MMAP_THRESHOLD)) == 1)
+    trim_set = libc.mallopt(M_TRIM_THRESHOLD, threshold) == 1
+    return mmap_set and trim_set
 
 
 def _glibc() -> ctypes.CDLL | None:
-    """The process's C library when it is glibc (it has ``gnu_get_libc_version``), else None."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """The process's own C library when it is glibc (it has ``gnu_get_libc_version``), else
+    None. ``CDLL(None)`` looks the symbols up in the running process: no library search."""
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)
     except OSError:
         return None
     if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):

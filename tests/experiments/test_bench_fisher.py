@@ -41,7 +41,7 @@ def test_every_setting_steps_from_the_same_parameters(capsys):
         assert 0 < row["conjugate_gradient_seconds"] < row["seconds"]
         assert row["collect_seconds"] == rows[0]["collect_seconds"] > 0  # one meta-batch
         assert isinstance(row["minor_page_faults"], int) and row["minor_page_faults"] >= 0
-        assert row["malloc_keeps_freed"] == memory.keep_freed_memory()
+        assert row["malloc_keeps_freed"] == memory.supported()
         assert row["improvement_per_iteration_second"] == pytest.approx(
             row["surrogate_improvement"] / (row["collect_seconds"] + row["seconds"]))
     from meta import outer

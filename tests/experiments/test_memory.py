@@ -12,9 +12,8 @@ import pytest
 from experiments import memory
 
 # Allocate, touch and free a 64 MiB tensor 20 times (after 10 untimed), then print the page
-# faults that took. Above
-# glibc's largest dynamic mmap threshold (32 MiB), so by default every allocation is a fresh
-# mmap whose 16,384 pages fault in again.
+# faults that took. 64 MiB is above glibc's largest dynamic mmap threshold (32 MiB), so by
+# default every allocation is a fresh mmap whose 16,384 pages fault in again.
 CHURN = """
 import json, resource, sys, torch
 from experiments.memory import keep_freed_memory
@@ -28,15 +27,18 @@ print(json.dumps({"kept": kept, "faults": resource.getrusage(resource.RUSAGE_SEL
 """
 
 
-def churn(allocator: str) -> dict:
+def churn(allocator: str) -> dict[str, int | bool]:
+    """Run ``CHURN`` in a fresh process with ``ADAPTBED_MALLOC=allocator``: whether the setting
+    took effect (``kept``) and the page faults (``faults``)."""
     env = {**os.environ, "ADAPTBED_MALLOC": allocator}
     out = subprocess.run([sys.executable, "-c", CHURN], env=env, capture_output=True, text=True,
                          check=True, timeout=120)
     return json.loads(out.stdout)
 
 
-def test_system_setting_leaves_the_allocator_alone(monkeypatch):
+def test_system_setting_is_reported_unsupported_and_left_alone(monkeypatch):
     monkeypatch.setenv("ADAPTBED_MALLOC", "system")
+    assert memory.supported() is False
     assert memory.keep_freed_memory() is False
 
 
@@ -45,5 +47,7 @@ def test_freed_memory_is_reused_instead_of_faulting_in_again():
     default, kept = churn("system"), churn("")
     assert (default["kept"], kept["kept"]) == (False, True)
     pages = 20 * 16 * 1024 * 1024 * 4 // 4096  # every allocation paged in anew: 327,680
-    assert default["faults"] > 0.5 * pages  # the default really does fault (what we fix)
+    if default["faults"] < 0.5 * pages:  # e.g. transparent huge pages on every mapping
+        pytest.skip(f"the default allocator took only {default['faults']} faults here: "
+                    "nothing to remove")
     assert kept["faults"] < 0.05 * pages  # the heap's pages are reused (measured here: 0)
