@@ -47,7 +47,8 @@ def test_freed_memory_is_reused_instead_of_faulting_in_again():
     default, kept = churn("system"), churn("")
     assert (default["kept"], kept["kept"]) == (False, True)
     pages = 20 * 16 * 1024 * 1024 * 4 // 4096  # every allocation paged in anew: 327,680
-    if default["faults"] < 0.5 * pages:  # e.g. transparent huge pages on every mapping
-        pytest.skip(f"the default allocator took only {default['faults']} faults here: "
-                    "nothing to remove")
-    assert kept["faults"] < 0.05 * pages  # the heap's pages are reused (measured here: 0)
+    # by default each allocation faults its pages in again (measured here: 327,700), unless
+    # e.g. transparent huge pages back every mapping; kept, the heap's pages are reused
+    # (measured here: 0)
+    assert kept["faults"] < 0.05 * pages
+    assert kept["faults"] <= default["faults"]
