@@ -51,10 +51,9 @@ def keep_freed_memory(threshold: int = THRESHOLD_BYTES) -> bool:
     Returns whether the setting is in effect: False where ``ADAPTBED_MALLOC=system``, where
     the C library is not glibc, or where ``mallopt`` refused both values.
     """
-    if not supported():
+    libc = _glibc() if os.environ.get(_ENV, "") != "system" else None
+    if libc is None:
         return False
-    libc = _glibc()
-    assert libc is not None
     mmap_set = (libc.mallopt(M_MMAP_THRESHOLD, threshold) == 1
                 or libc.mallopt(M_MMAP_THRESHOLD, min(threshold, OLD_GLIBC_MAX_MMAP_THRESHOLD)) == 1)
     trim_set = libc.mallopt(M_TRIM_THRESHOLD, threshold) == 1
