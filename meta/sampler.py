@@ -88,11 +88,8 @@ def _run_episodes(venv, policy, params, tasks, episodes_per_task, seed, per_task
         else:
             dist = dist_params(policy, params, obs_ne)
         actions = policy.sample(dist, generator)
-        log_probs = policy.log_prob(dist, actions)
         out = venv.step(actions.reshape(n * e, *actions.shape[2:]))
-        mask = running.float()
-        steps.append((obs_ne, actions, out.rewards.reshape(n, e) * mask.reshape(n, e),
-                      mask.reshape(n, e), log_probs))
+        steps.append((obs_ne, actions, out.rewards.reshape(n, e), running.reshape(n, e), dist))
         done = out.terminated | out.truncated
         last_obs = torch.where((running & done)[:, None], out.observations, last_obs)
         truncated |= running & out.truncated
@@ -102,8 +99,11 @@ def _run_episodes(venv, policy, params, tasks, episodes_per_task, seed, per_task
         if not running.any():
             break
     stack = lambda i: torch.stack([s[i] for s in steps], dim=1)  # noqa: E731  [N, T, E, ...]
+    actions, mask = stack(1), stack(3).float()
+    # one log-probability computation for the whole batch: the same numbers as step by step
+    dist = tuple(torch.stack([s[4][j] for s in steps], dim=1) for j in range(len(steps[0][4])))
     return Episodes(
-        observations=stack(0), actions=stack(1), rewards=stack(2), mask=stack(3),
-        log_probs=stack(4), last_observations=last_obs.reshape(n, e, -1),
+        observations=stack(0), actions=actions, rewards=stack(2) * mask, mask=mask,
+        log_probs=policy.log_prob(dist, actions), last_observations=last_obs.reshape(n, e, -1),
         truncated=truncated.reshape(n, e), unstable=unstable.reshape(n, e),
     )
