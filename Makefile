@@ -32,7 +32,9 @@ clean:
 # --- GPU check on a lent machine (PyTorch + tensorboard preinstalled, no network) --------------
 # `make gpu-wheels` (here, with network) downloads into the git-ignored .whl/ the Python 3.12
 # manylinux x86_64 wheels of what such a machine lacks: gymnasium, mujoco, stable-baselines3
-# and their non-torch dependencies (pins: the versions this repo is tested with).
+# and their non-torch dependencies (pins: the set with which `make gpu-check` passed on 2026-11-27;
+# some, such as cloudpickle and pytest, differ from the CPU venv's; numpy, pillow, packaging and
+# a few others come from the machine's own torch and tensorboard installs).
 # `make gpu-check` (there) installs them into /tmp/site, builds the native stepping loop in
 # place if it can, and runs the GPU tests and the quick GPU benchmark, within 10 minutes.
 GPU_WHEELS := gymnasium==1.4.0 farama-notifications==0.0.6 cloudpickle==2.1.0 \

@@ -440,9 +440,10 @@ def parser() -> Parser:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 4 envs x 50 steps, meta-batch 2 tasks x 2 episodes")
     p.add_argument("--torch-threads", type=int, default=1, metavar="N",
-                   help="torch intra-op threads of every measurement (default 1: the policy "
-                        "forwards of sampling are tiny, and on a shared 2-core machine 2 threads "
-                        "made them up to 40x slower; 0: torch's own default)")
+                   help="torch intra-op threads outside sampling: the Gymnasium runs, advantages, "
+                        "adaptation and outer update (default 1; 0: torch's own default, as "
+                        "`adaptbed train` runs). The sampler's policy forwards always use one "
+                        "thread (meta/sampler.py)")
     p.add_argument("--envs", type=int, metavar="N",
                    help=f"environments of the throughput runs, a multiple of the episodes "
                         f"per task (default {FULL.num_envs} = {FULL.tasks} tasks x "

@@ -13,7 +13,8 @@ then takes one TRPO step from the *same* parameters with every setting ``fisher:
 * ``kl``, ``ls_steps``, ``accepted``: the exact KL of the accepted step, line-search trials;
 * ``speedup`` and ``improvement_ratio``: against the first setting (the baseline, by default
   the paper's ``exact:1``), measured in the same run;
-* ``collect_seconds``: the sampling and adaptation of the meta-batch (measured once), and
+* ``collect_seconds``: the sampling and adaptation of the meta-batch (measured once, in the
+  process's first meta-iteration, so with its one-off costs: about 10% above a warm one), and
   ``improvement_per_iteration_second``: ``surrogate_improvement / (collect_seconds + seconds)``,
   what the setting's step gains per second of a whole meta-iteration;
 * where the step's time goes: ``conjugate_gradient_seconds`` (the Fisher-vector products),

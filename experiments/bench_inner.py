@@ -2,11 +2,11 @@
 policies evaluated in the same form).
 
 ``python -m experiments.bench_inner [--preset NAME ...] [--device cpu|cuda] [--repeats R]``
-prints one JSON object per preset with the seconds of one adaptation + meta-gradient in each
-form, measured in the same run on synthetic episodes of the preset's shapes (meta-batch size x
-episodes per task x horizon, the family's observation and action sizes). The faster form per
-device is what ``maml.inner_batching=auto`` uses (``experiments.train.AUTO_BATCHING``).
-``malloc_keeps_freed``: whether the process keeps freed memory for reuse, as ``adaptbed`` does
+prints one JSON object per preset with the seconds of one adaptation (the preset's inner
+steps) + meta-gradient in each form, measured in the same run on synthetic episodes of the
+preset's shapes (meta-batch size x episodes per task x horizon, the family's observation and
+action sizes). The faster form per device is what ``maml.inner_batching=auto`` uses
+(``experiments.train.AUTO_BATCHING``). ``malloc_keeps_freed``: whether the process keeps freed memory for reuse, as ``adaptbed`` does
 (:mod:`experiments.memory`).
 """
 
@@ -44,17 +44,19 @@ def synthetic_episodes(n: int, t: int, e: int, obs_dim: int, act_dim: int, devic
     return with_advantages(ep, 0.99, 1.0)
 
 
-def time_form(policy, train, valid, batching: str, repeats: int, device: str) -> float:
-    inner = InnerLoop((0.1,), False, batching)
+def time_form(policy, train: list[Episodes], valid: Episodes, inner: InnerLoop, repeats: int,
+              device: str) -> float:
+    """The best of ``repeats`` timings of one adaptation (``len(train)`` inner steps) and
+    meta-gradient in ``inner``'s form."""
     params = dict(policy.named_parameters())
     best = float("inf")
     for _ in range(repeats):
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        adapted = adapt(policy, params, [train], inner, create_graph=True)
+        adapted = adapt(policy, params, train, inner, create_graph=not inner.first_order)
         loss = reinforce_loss(policy, adapted, valid, per_task_params=True,
-                              batching=batching).mean()
+                              batching=inner.batching).mean()
         torch.autograd.grad(loss, list(params.values()))
         if device == "cuda":
             torch.cuda.synchronize()
@@ -71,12 +73,14 @@ def bench(preset: str, device: str, repeats: int) -> dict:
     g = torch.Generator().manual_seed(0)
     policy = make_policy(obs_dim, env.action_space, cfg.policy.hidden_sizes,
                          cfg.policy.activation).to(device)
-    train = synthetic_episodes(n, t, e, obs_dim, act_dim, device, g)
+    steps = (cfg.maml.fast_lr,) * cfg.maml.num_inner_steps
+    train = [synthetic_episodes(n, t, e, obs_dim, act_dim, device, g) for _ in steps]
     valid = synthetic_episodes(n, t, e, obs_dim, act_dim, device, g)
     out = {"preset": preset, "device": device, "tasks": n, "episodes_per_task": e, "horizon": t,
-           "torch_threads": torch.get_num_threads()}
+           "inner_steps": len(steps), "torch_threads": torch.get_num_threads()}
     for form in ("batched", "loop"):
-        out[f"{form}_seconds"] = time_form(policy, train, valid, form, repeats, device)
+        inner = InnerLoop(steps, cfg.maml.first_order, form)
+        out[f"{form}_seconds"] = time_form(policy, train, valid, inner, repeats, device)
     out["faster"] = min(("batched", "loop"), key=lambda f: out[f"{f}_seconds"])
     out["loop_over_batched"] = out["loop_seconds"] / out["batched_seconds"]
     return out
@@ -87,8 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", nargs="+", default=["navigation-2d", "halfcheetah-vel"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="timings per form; the best counts")
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench_inner: error: --device cuda but no CUDA GPU is available", file=sys.stderr)
         return 2
