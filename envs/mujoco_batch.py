@@ -32,8 +32,8 @@ How it steps:
     Both cut only the running envs into blocks, taken in turn by the threads; batches with
     fewer than ``min_envs_per_thread`` running envs per thread use fewer threads. Envs whose
     episodes ended are skipped, so the families that terminate (Ant, Hopper, Walker) spend much
-    of a batch's time with few envs running: there a second thread pays even for two envs
-    (``python -m experiments.bench_threads --family AntVel HopperRandParams HalfCheetahVel
+    of a batch's time with few envs running: there a second thread pays from 2 running envs per
+    thread, so from 4 running envs on (``python -m experiments.bench_threads --family AntVel HopperRandParams HalfCheetahVel
     --threads 2 --sizes 8x8,1x8 --min-envs-per-thread 8,2``, three runs, README "Fast
     sampling"; AntVel, 64 envs: 5,314-5,583 env steps/s with at least 8 envs per thread,
     5,782-6,303 with 2).
@@ -348,7 +348,9 @@ class MujocoBatchEnv:
         self._position = np.zeros((num_envs, 2))
         self._warnings = np.zeros((num_envs, len(DIVERGENCE_WARNINGS)), dtype=np.int64)
         self._t = 0
+        self._failed = False  # a step raised: the states are partly stepped until reset
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = os.getpid()
         self._closed = False
         if self.num_threads > 1:  # the calling thread is the first stepping thread
             self._pool = ThreadPoolExecutor(self.num_threads - 1, thread_name_prefix=THREAD_PREFIX)
@@ -437,6 +439,7 @@ class MujocoBatchEnv:
         self._position = self._positions(state)
         self._running[:] = True
         self._t = 0
+        self._failed = False
         obs = self._robot.observe(state.qpos, state.qvel, state.cfrc)
         return torch.as_tensor(obs, dtype=torch.float32, device=self.device)
 
@@ -446,12 +449,21 @@ class MujocoBatchEnv:
         Raises:
             ValueError: ``actions`` is not ``[B, A]``, or a running environment's action holds
                 NaN or infinity (nothing is simulated then).
+            RuntimeError: MuJoCo failed stepping an environment (message: which one, and
+                MuJoCo's error), or an earlier step did so and no ``reset`` came since: some
+                environments were stepped and some not, so the batch must start over.
         """
         self._check_open()
+        if self._failed:
+            raise RuntimeError("an earlier step of this simulator failed; call reset() first")
         acts = self._check_actions(actions)
-        self._t += 1
         running = self._running.copy()
-        state = self._step_all(acts, running)
+        try:
+            state = self._step_all(acts, running)
+        except BaseException:
+            self._failed = True
+            raise
+        self._t += 1
         position = self._positions(state)
         with np.errstate(all="ignore"):  # frozen or diverged rows may hold anything
             velocity = (position - self._position) / self._dt
@@ -477,9 +489,10 @@ class MujocoBatchEnv:
 
     def close(self) -> None:
         """Stop and join the stepping threads; the simulator cannot be used afterwards."""
-        if self._pool is not None:
+        # (a forked child holds a copy of the parent's pool, whose threads are not its own)
+        if self._pool is not None and os.getpid() == self._pool_pid:
             self._pool.shutdown(wait=True)
-            self._pool = None
+        self._pool = None
         if getattr(self, "_stepper", None) is not None:
             self._stepper.close()
             self._stepper = None
@@ -495,7 +508,7 @@ class MujocoBatchEnv:
 
     def __del__(self) -> None:
         pool = getattr(self, "_pool", None)
-        if pool is not None:
+        if pool is not None and os.getpid() == getattr(self, "_pool_pid", None):
             pool.shutdown(wait=False)
 
     # --- internals ----------------------------------------------------------------------------
@@ -546,6 +559,9 @@ class MujocoBatchEnv:
             if len(indices):
                 work(indices)
             return
+        if os.getpid() != self._pool_pid:  # a forked child: the pool's threads stayed behind
+            self._pool = ThreadPoolExecutor(self.num_threads - 1, thread_name_prefix=THREAD_PREFIX)
+            self._pool_pid = os.getpid()
         blocks = np.array_split(indices, threads * BLOCKS_PER_THREAD)
         taken = itertools.count()  # next() on a count is atomic under the GIL
 
@@ -578,7 +594,10 @@ class MujocoBatchEnv:
         contacts = self._robot.contacts
         for i in indices:
             ctrl[i][:] = acts[i]
-            step(models[i], datas[i], nstep)
+            try:
+                step(models[i], datas[i], nstep)
+            except mujoco.FatalError as err:  # the native loop's error, for either loop
+                raise RuntimeError(f"MuJoCo error stepping env {i}: {err}") from err
             if contacts:
                 post(models[i], datas[i])
 

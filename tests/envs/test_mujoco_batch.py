@@ -295,3 +295,26 @@ def test_episodes_on_cuda_are_identical_to_sync_on_cuda():
     assert a.observations.device.type == "cuda"
     assert torch.equal(a.observations, b.observations) and torch.equal(a.rewards, b.rewards)
     assert torch.equal(a.mask, b.mask) and torch.equal(a.actions, b.actions)
+
+
+def test_a_mujoco_error_in_the_python_loop_names_the_env_and_asks_for_a_reset(monkeypatch):
+    """The Python loop raises the native loop's error (``RuntimeError`` naming the env, not
+    ``mujoco.FatalError``); the batch, now partly stepped, refuses to step again until reset."""
+    real_step = mujoco.mj_step
+    with MujocoBatchEnv("HalfCheetahVel", 4, num_threads=1, native=False) as venv:
+        venv.reset(seed=0)
+        failing = venv._datas[2]
+
+        def step(model, data, nstep=1):
+            if data is failing:
+                raise mujoco.FatalError("simulated stack overflow")
+            real_step(model, data, nstep)
+
+        monkeypatch.setattr(mujoco, "mj_step", step)
+        with pytest.raises(RuntimeError, match="env 2: simulated stack overflow"):
+            venv.step(torch.zeros(4, 6))
+        monkeypatch.setattr(mujoco, "mj_step", real_step)
+        with pytest.raises(RuntimeError, match=r"call reset\(\) first"):
+            venv.step(torch.zeros(4, 6))
+        venv.reset(seed=0)
+        assert torch.isfinite(venv.step(torch.zeros(4, 6)).observations).all()

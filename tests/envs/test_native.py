@@ -179,32 +179,35 @@ def test_pool_threads_end_at_close():
     assert settled() <= before  # (fewer if a thread of an earlier test was still going)
 
 
-def _step_in_child(venv: MujocoBatchEnv, out) -> None:
+def _reset_and_step_in_child(venv: MujocoBatchEnv, out) -> None:
+    venv.reset(seed=1)
     out.put(bool(torch.isfinite(venv.step(torch.zeros(8, 6)).observations).all()))
     venv.close()
 
 
-@needs_native
+@pytest.mark.parametrize("native", [pytest.param(True, marks=needs_native), False])
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_child_steps_with_its_own_threads_instead_of_hanging():
-    """The pool's threads do not survive fork: a child stepping the parent's simulator would
-    wait for them forever unless the stepper starts a pool of its own there."""
+def test_a_forked_child_resets_and_steps_with_its_own_threads_instead_of_hanging(native):
+    """The pools' threads do not survive fork: a child resetting or stepping the parent's
+    simulator would wait for them forever unless it starts pools of its own there (the
+    native loop's, and the Python thread pool that resets, and steps without it)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
     venv = MujocoBatchEnv("HalfCheetahVel", 8, num_threads=2, min_envs_per_thread=1,
-                          native=True)
+                          native=native)
     try:
         venv.reset(seed=0)
         venv.step(torch.zeros(8, 6))
         out = ctx.Queue()
-        child = ctx.Process(target=_step_in_child, args=(venv, out))
+        child = ctx.Process(target=_reset_and_step_in_child, args=(venv, out))
         child.start()
         child.join(timeout=60)
         if child.is_alive():
             child.kill()
         assert child.exitcode == 0, "the child hung or failed"
         assert out.get(timeout=5) is True
-        assert torch.isfinite(venv.step(torch.zeros(8, 6)).observations).all()  # parent: fine
+        venv.reset(seed=2)  # the parent's pools still work
+        assert torch.isfinite(venv.step(torch.zeros(8, 6)).observations).all()
     finally:
         venv.close()
