@@ -33,8 +33,8 @@ How it steps:
     fewer than ``min_envs_per_thread`` running envs per thread use fewer threads. Envs whose
     episodes ended are skipped, so the families that terminate (Ant, Hopper, Walker) spend much
     of a batch's time with few envs running: there a second thread pays from 2 running envs per
-    thread, so from 4 running envs on (``python -m experiments.bench_threads --family AntVel HopperRandParams HalfCheetahVel
-    --threads 2 --sizes 8x8,1x8 --min-envs-per-thread 8,2``, three runs, README "Fast
+    thread, so from 4 running envs on (``python -m experiments.bench_threads --family AntVel
+    HopperRandParams HalfCheetahVel --threads 2 --sizes 8x8,1x8 --min-envs-per-thread 8,2``, three runs, README "Fast
     sampling"; AntVel, 64 envs: 5,314-5,583 env steps/s with at least 8 envs per thread,
     5,782-6,303 with 2).
 
@@ -350,10 +350,9 @@ class MujocoBatchEnv:
         self._t = 0
         self._failed = False  # a step raised: the states are partly stepped until reset
         self._pool: ThreadPoolExecutor | None = None
-        self._pool_pid = os.getpid()
         self._closed = False
         if self.num_threads > 1:  # the calling thread is the first stepping thread
-            self._pool = ThreadPoolExecutor(self.num_threads - 1, thread_name_prefix=THREAD_PREFIX)
+            self._new_pool()
         self._stepper = self._native_stepper(native)
 
     @property
@@ -551,6 +550,11 @@ class MujocoBatchEnv:
         return _State(out["qpos"], out["qvel"], self._views.warning_numbers(out["warning"]),
                       out.get("xpos"), out.get("cfrc"))
 
+    def _new_pool(self) -> None:
+        """Start the ``num_threads - 1`` Python stepping threads, owned by this process."""
+        self._pool = ThreadPoolExecutor(self.num_threads - 1, thread_name_prefix=THREAD_PREFIX)
+        self._pool_pid = os.getpid()
+
     def _map(self, work: Callable[[np.ndarray], None], indices: np.ndarray) -> None:
         """Run ``work`` on blocks of ``indices``: the calling thread and up to
         ``num_threads - 1`` pool threads take the next block until none is left."""
@@ -560,8 +564,7 @@ class MujocoBatchEnv:
                 work(indices)
             return
         if os.getpid() != self._pool_pid:  # a forked child: the pool's threads stayed behind
-            self._pool = ThreadPoolExecutor(self.num_threads - 1, thread_name_prefix=THREAD_PREFIX)
-            self._pool_pid = os.getpid()
+            self._new_pool()
         blocks = np.array_split(indices, threads * BLOCKS_PER_THREAD)
         taken = itertools.count()  # next() on a count is atomic under the GIL
 
