@@ -6,13 +6,14 @@ prints one JSON object per preset with the seconds of one adaptation (the preset
 steps) + meta-gradient in each form, measured in the same run on synthetic episodes of the
 preset's shapes (meta-batch size x episodes per task x horizon, the family's observation and
 action sizes). The faster form per device is what ``maml.inner_batching=auto`` uses
-(``experiments.train.AUTO_BATCHING``). ``malloc_keeps_freed``: whether the process keeps freed memory for reuse, as ``adaptbed`` does
-(:mod:`experiments.memory`).
+(``experiments.train.AUTO_BATCHING``). ``malloc_keeps_freed``: whether the process keeps freed
+memory for reuse, as ``adaptbed`` does (:mod:`experiments.memory`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -25,6 +26,7 @@ from experiments.memory import keep_freed_memory
 from agents.policies import make_policy
 from envs.registry import family, make
 from experiments.presets import get_preset
+from experiments.train import inner_loop
 from meta.episodes import Episodes
 from meta.maml import InnerLoop, adapt, reinforce_loss, with_advantages
 
@@ -73,13 +75,14 @@ def bench(preset: str, device: str, repeats: int) -> dict:
     g = torch.Generator().manual_seed(0)
     policy = make_policy(obs_dim, env.action_space, cfg.policy.hidden_sizes,
                          cfg.policy.activation).to(device)
-    steps = (cfg.maml.fast_lr,) * cfg.maml.num_inner_steps
+    preset_inner = inner_loop(cfg)  # the preset's steps; its batching is replaced per form
+    steps = preset_inner.step_sizes
     train = [synthetic_episodes(n, t, e, obs_dim, act_dim, device, g) for _ in steps]
     valid = synthetic_episodes(n, t, e, obs_dim, act_dim, device, g)
     out = {"preset": preset, "device": device, "tasks": n, "episodes_per_task": e, "horizon": t,
            "inner_steps": len(steps), "torch_threads": torch.get_num_threads()}
     for form in ("batched", "loop"):
-        inner = InnerLoop(steps, cfg.maml.first_order, form)
+        inner = dataclasses.replace(preset_inner, batching=form)
         out[f"{form}_seconds"] = time_form(policy, train, valid, inner, repeats, device)
     out["faster"] = min(("batched", "loop"), key=lambda f: out[f"{f}_seconds"])
     out["loop_over_batched"] = out["loop_seconds"] / out["batched_seconds"]
