@@ -21,6 +21,11 @@ then takes one TRPO step from the *same* parameters with every setting ``fisher:
   ``line_search_adaptations`` and ``line_search_adaptation_seconds`` (the line-search trials,
   ``meta.outer.candidate_loss_and_kl``: each re-adapts the tasks from the candidate
   parameters and evaluates the adapted policies, stopping early once the KL bound is broken);
+* ``matmul_gflop``: the step's matrix products (backward ones included), in GFLOP;
+  ``matmul_isolated_seconds``: their time when each is replayed alone, hot in cache, at the
+  BLAS's own speed (:mod:`experiments.matmuls`); ``matmul_share``: that over ``seconds``, a
+  lower bound on the part of the step that is matrix products (the rest is element-wise ops,
+  memory traffic and autograd's bookkeeping);
 * ``minor_page_faults`` during the step, and ``malloc_keeps_freed``: whether the process keeps
   freed memory for reuse (:mod:`experiments.memory`; ``ADAPTBED_MALLOC=system`` turns it off).
 
@@ -36,6 +41,7 @@ import json
 import resource
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -43,6 +49,7 @@ import torch
 
 from experiments import config as cfglib
 from experiments.cliutil import Parser, fail
+from experiments.matmuls import Matmul, MatmulRecorder, gflop, isolated_seconds
 from experiments.memory import keep_freed_memory
 from experiments.presets import get_preset
 from experiments.rundir import RunDirError, load_checkpoint, load_latest_checkpoint, read_json
@@ -150,10 +157,18 @@ def bench(cfg: cfglib.Config, settings: Sequence[tuple[str, float]], run_dir: Pa
         timers["minor_page_faults"] = minor_page_faults() - faults
         return step, seconds
 
+    def count_matmuls(fisher: str, subsample: float) -> Counter[Matmul]:
+        """The step's matrix products, recorded in one more (untimed) run of the same step."""
+        with MatmulRecorder() as recorder:
+            take_step(fisher, subsample)
+        return recorder.counts
+
     timers: dict[str, float] = {}
     take_step(*settings[-1])  # untimed warm-up (allocator, first autograd/vmap calls)
     for fisher, subsample in settings:
+        matmuls = count_matmuls(fisher, subsample)
         step, seconds = take_step(fisher, subsample)
+        matmul_seconds = isolated_seconds(matmuls)
         rows.append({
             "preset": cfg.preset, "run_dir": None if run_dir is None else str(run_dir),
             "checkpoint": None if checkpoint is None else str(checkpoint),
@@ -168,6 +183,9 @@ def bench(cfg: cfglib.Config, settings: Sequence[tuple[str, float]], run_dir: Pa
             "line_search_adaptation_seconds": timers.get("line_search", 0.0),
             "torch_threads": torch.get_num_threads(),
             "minor_page_faults": int(timers["minor_page_faults"]),
+            "matmul_gflop": gflop(matmuls),
+            "matmul_isolated_seconds": matmul_seconds,
+            "matmul_share": matmul_seconds / seconds,
             "malloc_keeps_freed": malloc_kept,
             "collect_seconds": collect_seconds,
             "improvement_per_iteration_second": (step["loss_before"] - step["loss_after"])

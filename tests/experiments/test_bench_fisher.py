@@ -41,6 +41,9 @@ def test_every_setting_steps_from_the_same_parameters(capsys):
         assert 0 < row["conjugate_gradient_seconds"] < row["seconds"]
         assert row["collect_seconds"] == rows[0]["collect_seconds"] > 0  # one meta-batch
         assert isinstance(row["minor_page_faults"], int) and row["minor_page_faults"] >= 0
+        # the step's matrix products were counted and replayed
+        assert row["matmul_gflop"] > 0 and row["matmul_isolated_seconds"] > 0
+        assert row["matmul_share"] == pytest.approx(row["matmul_isolated_seconds"] / row["seconds"])
         assert row["malloc_keeps_freed"] == memory.supported()
         assert row["improvement_per_iteration_second"] == pytest.approx(
             row["surrogate_improvement"] / (row["collect_seconds"] + row["seconds"]))
