@@ -10,10 +10,17 @@ cache. The code's measured time minus that is what everything else costs (elemen
 memory traffic, autograd's bookkeeping).
 
 Used by ``python -m experiments.bench_fisher`` on the TRPO outer step.
+
+``python -m experiments.matmuls [--rows R] [--width W]`` prints, as JSON, the two reference
+speeds README's "About half of the outer step is matrix products" compares the step with:
+a lone ``[R, W] @ [W, W]`` product on hot operands (GFLOP/s), and a ReLU and its backward on
+``[R, W]`` tensors too many to stay in cache (microseconds each, and GB/s streamed).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -101,3 +108,62 @@ def isolated_seconds(counts: Counter[Matmul], max_repeats: int = 20) -> float:
         _sync(m.device)
         total += (time.perf_counter() - began) / repeats * n
     return total
+
+
+def lone_product_gflops(rows: int, width: int, repeats: int = 2000) -> float:
+    """GFLOP/s of ``[rows, width] @ [width, width]`` run ``repeats`` times on hot operands
+    (the shape of a hidden layer's forward over one task's states), after 50 untimed calls.
+    Each result is dropped before the next, so the allocator hands back the same memory."""
+    a, b = torch.randn(rows, width), torch.randn(width, width)
+    for _ in range(50):
+        a @ b
+    began = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * rows * width * width * repeats / (time.perf_counter() - began) / 1e9
+
+
+def cold_relu_microseconds(rows: int, width: int, tensors: int = 200) -> tuple[float, float]:
+    """Mean microseconds of a ReLU and of its backward (``threshold_backward``) on ``tensors``
+    distinct ``[rows, width]`` float32 tensors, each touched once, so that they stream from
+    memory rather than cache. Memory for the outputs is first allocated and freed, so that
+    (with :func:`experiments.memory.keep_freed_memory`) no page is faulted in while timed."""
+    xs = [torch.randn(rows, width) for _ in range(tensors)]
+    warm = [torch.ones(rows, width) for _ in range(2 * tensors)]
+    del warm
+    began = time.perf_counter()
+    ys = [torch.relu(x) for x in xs]
+    forward = (time.perf_counter() - began) / tensors
+    began = time.perf_counter()
+    grads = [torch.ops.aten.threshold_backward(x, y, 0) for x, y in zip(xs, ys)]
+    backward = (time.perf_counter() - began) / tensors
+    del grads
+    return forward * 1e6, backward * 1e6
+
+
+def main(argv: list[str] | None = None) -> None:
+    from experiments.memory import keep_freed_memory
+
+    p = argparse.ArgumentParser(prog="python -m experiments.matmuls", description=(
+        "Reference speeds: a lone hidden-layer product and a ReLU streamed from memory."))
+    p.add_argument("--rows", type=int, default=4000, help="states per task (default 4000)")
+    p.add_argument("--width", type=int, default=100, help="hidden width (default 100)")
+    args = p.parse_args(argv)
+    if args.rows <= 0 or args.width <= 0:
+        p.error("--rows and --width must be positive")
+    kept = keep_freed_memory()
+    forward, backward = cold_relu_microseconds(args.rows, args.width)
+    megabytes = args.rows * args.width * 4 / 1e6
+    print(json.dumps({
+        "rows": args.rows, "width": args.width, "torch_threads": torch.get_num_threads(),
+        "malloc_keeps_freed": kept,
+        "lone_product_gflops": round(lone_product_gflops(args.rows, args.width), 1),
+        "relu_forward_us": round(forward, 1), "relu_backward_us": round(backward, 1),
+        # the forward reads x and writes y; the backward reads grad and y and writes grad_x
+        "relu_forward_gb_per_s": round(2 * megabytes / forward * 1e3, 1),
+        "relu_backward_gb_per_s": round(3 * megabytes / backward * 1e3, 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -32,16 +32,18 @@ check use all 40. It makes a halfcheetah-vel iteration about 2x faster (7.5 s ag
 meta-batches, is a less effective single step later in training: 0.99, 0.59 and 0.44 of the
 full Fisher's surrogate improvement on a fresh policy and after 87 and 500 iterations. Over
 whole runs of the same seed the return after adaptation was the same up to iteration 86 (-119.8
-against -120.3; the full-Fisher run stopped there); whether the subsample costs return by
-iteration 500 is not measured. README, "One meta-iteration, and the outer update", has the
+against -120.3) and over iterations 250-299 of the full-Fisher run, continued to 315 (-96.8,
+against -90.9 and -96.4 for seeds 0 and 1 with the subsample); whether the subsample costs
+return by iteration 500 is not measured. README, "One meta-iteration, and the outer update", has the
 commands. ``outer.fisher_subsample=1`` restores the paper's full Fisher.
 
 halfcheetah-dir is the exception: it uses the full Fisher. With the 4-task Fisher its seed-0
 run peaked near iteration 75-125 and fell (return after one step +12.3 over iterations
 490-499, -44.7 on the test split at iteration 500); with the full Fisher the same seed kept
 climbing (+453.4 over iterations 490-499; -86.3 before and +374.8 after one step on the test
-split, +410.4 after three; the oracle: +506.3). One seed; README, "HalfCheetah at paper
-scale" and "Results on halfcheetah-dir", has the commands. It costs about 15.6 s per
+split, +410.4 after three; the oracle: +506.3), and seed 1 with the full Fisher too (+503
+over iterations 490-499, +449.3 after one step on the test split). Two seeds; README,
+"HalfCheetah at paper scale" and "Results on halfcheetah-dir", has the commands. It costs about 15.6 s per
 iteration here instead of about 12.7 s.
 """
 

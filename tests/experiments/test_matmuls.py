@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
+import pytest
 import torch
 
 from experiments import matmuls
@@ -53,3 +55,19 @@ def test_isolated_seconds_replays_each_product_and_scales_its_mean_time_by_its_c
     # mean time per call = 1 / repeats, repeats = min(count, max_repeats)
     assert isolated_seconds(Counter({wide: 1000}), max_repeats=20) == 1000 / 20
     assert isolated_seconds(Counter({wide: 5, bias: 1}), max_repeats=20) == 5 / 5 + 1 / 1
+
+
+def test_reference_speeds_are_positive_and_the_script_prints_them_as_json(capsys):
+    assert matmuls.lone_product_gflops(64, 8, repeats=20) > 0
+    forward, backward = matmuls.cold_relu_microseconds(64, 8, tensors=4)
+    assert forward > 0 and backward > 0
+    matmuls.main(["--rows", "64", "--width", "8"])
+    out = json.loads(capsys.readouterr().out)
+    assert (out["rows"], out["width"]) == (64, 8)
+    assert out["lone_product_gflops"] > 0 and out["relu_backward_gb_per_s"] > 0
+
+
+def test_the_script_rejects_a_non_positive_size():
+    with pytest.raises(SystemExit) as exc:
+        matmuls.main(["--rows", "0"])
+    assert exc.value.code == 2
