@@ -20,6 +20,8 @@ only the steps of running episodes):
   its default stepping loop (``native_loop``: whether that is the C loop of
   :mod:`envs.native`); where it is, ``sampler_python_loop_sps`` measures the same with the
   Python loop and ``python_loop_over_physics`` its ratio to the limit.
+  ``sampler_cores_busy``: the process's CPU seconds per wall-clock second while the default
+  loop sampled (``threads`` cores: ``threads`` minus it is idle capacity).
 * ``gym_sync_sps`` / ``gym_async_sps``: Gymnasium's ``SyncVectorEnv`` / ``AsyncVectorEnv``
   (one process per env) of the registered env doing the same work with the same policy:
   the same envs, tasks, seeds, horizon and policy forward per step.
@@ -60,6 +62,7 @@ import dataclasses
 import functools
 import json
 import multiprocessing as mp
+import os
 import resource
 import statistics
 import sys
@@ -188,9 +191,14 @@ def bench_policy(spec: FamilySpec, observation_space: gym.Space, action_space: g
 
 
 def sampler_sps(spec: FamilySpec, work: Workload, device: str,
-                native: bool | None = None) -> float:
+                native: bool | None = None) -> tuple[float, float]:
     """Env steps/s of :func:`sample_episodes` on :class:`MujocoBatchEnv` (reset included);
-    ``native``: its stepping loop (``None``: the default, native where available)."""
+    ``native``: its stepping loop (``None``: the default, native where available).
+
+    Also returns the cores it kept busy: this process's CPU seconds (user and system, all
+    threads) per wall-clock second of the same span. On ``C`` cores, ``C`` minus it is the idle
+    capacity that overlapping the serial per-step work with the physics could use at most.
+    """
     with MujocoBatchEnv(spec.name, work.num_envs, device, horizon=work.horizon,
                         native=native) as venv:
         policy = bench_policy(spec, venv.observation_space, venv.action_space, device)
@@ -198,11 +206,18 @@ def sampler_sps(spec: FamilySpec, work: Workload, device: str,
         tasks = make(spec.name).unwrapped.sample_tasks(work.tasks,
                                                        np.random.default_rng(work.seed))
         _sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         episodes = sample_episodes(venv, policy, params, tasks, work.episodes_per_task,
                                    seed=work.seed)
         _sync(device)
-        return episodes.env_steps / (time.perf_counter() - start)
+        wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
+        return episodes.env_steps / wall, cpu / wall
+
+
+def _cpu_seconds() -> float:
+    """This process's user plus system CPU time so far, all threads."""
+    times = os.times()
+    return times.user + times.system
 
 
 def _task_env(name: str, task: Any, horizon: int) -> gym.Env:
@@ -363,14 +378,23 @@ def interleaved_throughput(spec: FamilySpec, work: Workload, device: str, thread
     from it: the machine's speed drifts between runs by more than the ratios differ.
 
     Returns the medians (``physics_limit_sps``, ``sampler_sps``, ``physics_batch_sps``), the
-    median of the per-round ratios (``sampler_over_physics``, ``sampler_over_physics_batch``)
-    and every round's numbers (the same keys with ``_rounds``).
+    median of the per-round ratios (``sampler_over_physics``, ``sampler_over_physics_batch``),
+    the cores the sampler kept busy (``sampler_cores_busy``, see :func:`sampler_sps`) and every
+    round's numbers (the same keys with ``_rounds``).
     """
+    busy: list[float] = []
+
+    def sampler(native: bool | None = None) -> float:
+        sps, cores = sampler_sps(spec, work, device, native)
+        if native is None:
+            busy.append(cores)
+        return sps
+
     measure = {"physics_limit_sps": lambda: physics_limit_sps(spec, work, threads),
-               "sampler_sps": lambda: sampler_sps(spec, work, device),
+               "sampler_sps": sampler,
                "physics_batch_sps": lambda: physics_batch_sps(spec, work, threads)}
     if envs_native.library() is not None:  # the Python loop too, for comparison
-        measure["sampler_python_loop_sps"] = lambda: sampler_sps(spec, work, device, False)
+        measure["sampler_python_loop_sps"] = lambda: sampler(False)
     runs: dict[str, list[float]] = {key: [] for key in measure}
     for _ in range(rounds):
         for key, run in measure.items():
@@ -385,7 +409,7 @@ def interleaved_throughput(spec: FamilySpec, work: Workload, device: str, thread
         ratios["python_loop_over_physics"] = per_round("sampler_python_loop_sps",
                                                        "physics_limit_sps")
     out: dict[str, Any] = {}
-    for key, values in {**runs, **ratios}.items():
+    for key, values in {**runs, **ratios, "sampler_cores_busy": busy}.items():
         out[key] = statistics.median(values)
         out[f"{key}_rounds"] = values
     return out
@@ -411,7 +435,8 @@ def render(result: dict[str, Any]) -> str:
             lines.append(f"  {key:<28}{result[key]:>12,.0f} env steps/s")
     for key in ("sampler_over_physics", "python_loop_over_physics",
                 "sampler_over_physics_batch", "sampler_over_best_gym",
-                "iteration_over_physics", "iteration_over_physics_batch"):
+                "iteration_over_physics", "iteration_over_physics_batch",
+                "sampler_cores_busy"):
         if key in result:
             lines.append(f"  {key:<28}{result[key]:>12.2f}")
     lines.append(f"  stepping loop: {'native (envs/mjbatch.c)' if result['native_loop'] else 'Python'}")
