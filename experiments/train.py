@@ -481,4 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from experiments.memory import keep_freed_memory
+
+    keep_freed_memory()  # as `adaptbed train` does (experiments/cli.py)
     sys.exit(main())

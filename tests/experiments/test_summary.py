@@ -70,3 +70,31 @@ def test_summary_of_a_log_that_is_not_numeric(tmp_path, capsys):
     (tmp_path / "progress.csv").write_text("iteration,return_step_0\n0,abc\n")
     assert summary.main([str(tmp_path)]) == 2
     assert "numeric" in capsys.readouterr().err
+
+
+def test_an_iteration_window_averages_its_rows_and_takes_its_median_times(tmp_path, capsys):
+    run = write_run(tmp_path)
+    (run / "progress.csv").write_text(
+        "iteration,return_step_0,return_step_1,accepted,ls_steps,rejected_steps,env_steps_total\n"
+        "0,-10,-8,1,1,0,100\n1,-9,-5,1,3,0,200\n2,-8,-6,0,15,1,300\n3,-7,-2,1,2,1,400\n")
+    assert summary.main([str(run), "--iterations", "1:3", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["window"] == "iterations 1-2"
+    assert s["return_after_adaptation"] == pytest.approx(-5.5)  # mean of -5, -6
+    assert s["window_line_search_trials"] == pytest.approx(9.0)  # mean of 3, 15
+    median = s["window_median_seconds_per_iteration"]
+    assert median["sampling"] == pytest.approx(2.0) and median["total"] == pytest.approx(3.0)
+    assert s["best_iteration"] == 3  # the best and the totals still cover the whole run
+    assert summary.main([str(run), "--iterations", "1:3"]) == 0
+    assert "line-search trials" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--iterations", "5:9"], "no iteration in 5:9"),
+    (["--iterations", "3:1"], "A:B"),
+    (["--iterations", "x"], "A:B"),
+])
+def test_a_bad_or_empty_window_is_one_line(tmp_path, capsys, argv, needle):
+    assert summary.main([str(write_run(tmp_path)), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
