@@ -11,7 +11,7 @@ from experiments.memory import keep_freed_memory
 COMMANDS = {
     "envs": ("experiments.envs_table", "list the task families and their splits"),
     "train": ("experiments.train", "meta-train a policy (MAML) on a task family"),
-    "quickstart": ("experiments.quickstart", "meta-train navigation-2d and evaluate it (~2 min)"),
+    "quickstart": ("experiments.quickstart", "meta-train navigation-2d and evaluate it (2-3 min)"),
     "sinusoid": ("experiments.sinusoid", "MAML on the sinusoid regression benchmark"),
     "evaluate": ("experiments.evaluate", "adaptation curves on held-out tasks, with baselines"),
     "adapt": ("experiments.adapt", "adapt a meta-trained policy to one given task and save it"),

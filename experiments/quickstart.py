@@ -81,7 +81,7 @@ def format_results(results: dict[str, dict], stand_still: float) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = Parser(prog="adaptbed quickstart", description=__doc__)
     p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
-                   help=f"meta-iterations (default {DEFAULT_ITERATIONS}, about 2 minutes on 2 cores)")
+                   help=f"meta-iterations (default {DEFAULT_ITERATIONS}, 2-3 minutes on 2 cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", default="", help="default runs/quickstart-s<seed>-<time>")
     p.add_argument("--inner-steps", type=int, default=3, help="adaptation steps evaluated (K)")
