@@ -41,9 +41,9 @@ def test_quick_json_run_reports_every_measurement(capsys):
     assert result["sampler_over_physics_rounds"] == pytest.approx(per_round)
     assert result["iteration_over_physics_batch"] == pytest.approx(
         result["iteration_sampling_sps"] / result["iteration_physics_batch_sps"])
-    # CPU seconds per wall second: the main thread's at least, at most one per thread (+slack)
+    # CPU seconds per wall second: some, and at most one per thread (the policy's included)
     assert len(result["sampler_cores_busy_rounds"]) == 3
-    assert all(0.2 < c <= result["threads"] + 1.5 for c in result["sampler_cores_busy_rounds"])
+    assert all(0 < c <= result["threads"] + 1.5 for c in result["sampler_cores_busy_rounds"])
     assert result["native_loop"] == (bench.envs_native.library() is not None)
     if result["native_loop"]:  # the Python loop measured beside it
         assert len(result["sampler_python_loop_sps_rounds"]) == 3
