@@ -258,6 +258,27 @@ def test_resume_equals_uninterrupted(reference, tmp_path, algo):
     assert saved["run"]["iterations"] == N_REF and saved["outer"]["algo"] == algo
 
 
+def test_a_snapshot_copied_elsewhere_resumes_as_if_uninterrupted(reference, tmp_path):
+    """A run's config, logs, TensorBoard events and latest checkpoint, copied to another folder
+    (e.g. committed to carry a long run to another machine), are enough to continue it:
+    best.pt and previous.pt may be left behind."""
+    started = tmp_path / "started"
+    tiny_run(started, 2)
+    snapshot = tmp_path / "elsewhere" / "snapshot"
+    (snapshot / "checkpoints").mkdir(parents=True)
+    for name in ("config.json", "progress.csv", "timing.csv"):
+        shutil.copy(started / name, snapshot / name)
+    shutil.copy(started / "checkpoints" / "latest.pt", snapshot / "checkpoints" / "latest.pt")
+    shutil.copytree(started / "tb", snapshot / "tb")
+    resume(snapshot, N_REF)
+
+    whole = reference[0]
+    assert_same_checkpoint(load_checkpoint(snapshot / "checkpoints" / "latest.pt"),
+                           load_checkpoint(whole / "checkpoints" / "latest.pt"))
+    assert (snapshot / "progress.csv").read_bytes() == (whole / "progress.csv").read_bytes()
+    assert_one_row_per_iteration(snapshot, N_REF)
+
+
 def test_resume_drops_what_was_logged_after_the_checkpoint(reference, tmp_path):
     run_dir = tmp_path / "run"
     tiny_run(run_dir, 2)
