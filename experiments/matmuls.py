@@ -19,7 +19,6 @@ a lone ``[R, W] @ [W, W]`` product on hot operands (GFLOP/s), and a ReLU and its
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections import Counter
@@ -142,9 +141,10 @@ def cold_relu_microseconds(rows: int, width: int, tensors: int = 200) -> tuple[f
 
 
 def main(argv: list[str] | None = None) -> None:
+    from experiments.cliutil import Parser
     from experiments.memory import keep_freed_memory
 
-    p = argparse.ArgumentParser(prog="python -m experiments.matmuls", description=(
+    p = Parser(prog="python -m experiments.matmuls", description=(
         "Reference speeds: a lone hidden-layer product and a ReLU streamed from memory."))
     p.add_argument("--rows", type=int, default=4000, help="states per task (default 4000)")
     p.add_argument("--width", type=int, default=100, help="hidden width (default 100)")
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({
         "rows": args.rows, "width": args.width, "torch_threads": torch.get_num_threads(),
         "malloc_keeps_freed": kept,
-        "lone_product_gflops": round(lone_product_gflops(args.rows, args.width), 1),
+        "lone_product_gflops": float(f"{lone_product_gflops(args.rows, args.width):.3g}"),
         "relu_forward_us": round(forward, 1), "relu_backward_us": round(backward, 1),
         # the forward reads x and writes y; the backward reads grad and y and writes grad_x
         "relu_forward_gb_per_s": round(2 * megabytes / forward * 1e3, 1),

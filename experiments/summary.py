@@ -6,8 +6,8 @@ Usage::
 
 It reports the iterations done, the returns before and after adaptation averaged over a window
 (the last ``N`` iterations, default 10, or iterations ``A`` to ``B - 1``; single iterations are
-noisy) with the window's mean line-search trials per outer step and its median iteration
-seconds split by phase, the returns at the best iteration, the env
+noisy) with the window's mean line-search trials per outer step tried and its median
+iteration seconds split by phase, the returns at the best iteration, the env
 steps, the time spent (the sum of the per-iteration wall-clock times, so process start-up and
 checkpoint writing are not counted) split into sampling / adaptation / outer update, the
 throughput, the peak resident memory, and how many outer steps were taken (a line search that
@@ -88,9 +88,13 @@ def summarize_run(progress: dict[str, list[float]], timing: dict[str, list[float
         "accepted_steps": int(sum(v for v in progress.get("accepted", []) if math.isfinite(v))),
         "faulted_steps": int(progress["rejected_steps"][-1]) if "rejected_steps" in progress else 0,
     }
-    if "ls_steps" in progress:  # line-search trials per outer step (0: no step was tried)
-        out["window_line_search_trials"] = _mean(pick(progress["ls_steps"]))
+    if "ls_steps" in progress:  # per outer step tried (0: none was, e.g. a zero gradient)
+        out["window_line_search_trials"] = _mean([v for v in pick(progress["ls_steps"]) if v > 0])
     if timing:
+        missing = [c for c in ("iteration", *dict(_PHASES).values(), "env_steps_per_second")
+                   if c not in timing]
+        if missing:
+            raise RunDirError(f"timing.csv lacks the column(s) {', '.join(missing)}")
         in_window = set(pick(progress["iteration"]))
         timed = [r for r, i in enumerate(timing["iteration"]) if i in in_window]
         out["window_median_seconds_per_iteration"] = {
@@ -102,8 +106,18 @@ def summarize_run(progress: dict[str, list[float]], timing: dict[str, list[float
         if out["env_steps"] is not None and seconds > 0:
             out["env_steps_per_second"] = out["env_steps"] / seconds
         if "rss_mb" in timing:
-            out["peak_rss_mb"] = max(v for v in timing["rss_mb"] if math.isfinite(v))
+            out["peak_rss_mb"] = max((v for v in timing["rss_mb"] if math.isfinite(v)),
+                                     default=math.nan)
     return out
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every non-finite float (no data) turned into None, for strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    return value
 
 
 def render(run_dir: Path, s: dict[str, Any]) -> str:
@@ -112,7 +126,7 @@ def render(run_dir: Path, s: dict[str, Any]) -> str:
              f"(mean of {s['window']})",
              f"  return after adaptation    {s['return_after_adaptation']:10.1f}",
              *([f"  line-search trials         {s['window_line_search_trials']:10.1f}   "
-                f"(per outer step, same window)"] if "window_line_search_trials" in s else []),
+                f"(per outer step tried, same window)"] if "window_line_search_trials" in s else []),
              f"  best after adaptation      {s['best_return_after_adaptation']:10.1f}   "
              f"(iteration {s['best_iteration']})",
              f"  outer steps                {s['accepted_steps']} of {s['iterations']} taken; "
@@ -135,20 +149,24 @@ def render(run_dir: Path, s: dict[str, Any]) -> str:
 
 
 def parser() -> Parser:
-    p = Parser(prog=PROG, description=__doc__.split("\n\n")[0].strip("`").replace("``", "`"),
+    intro, _, detail = __doc__.partition("Usage::")
+    description = (intro.strip() + "\n\n" + detail.split("\n\n", 2)[2].strip()).replace("``", "")
+    p = Parser(prog=PROG, description=description,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     window = p.add_mutually_exclusive_group()
-    window.add_argument("--last", type=int, default=10, metavar="N",
-                        help="average the returns over the last N iterations (default 10)")
+    window.add_argument("--last", type=int, metavar="N",
+                        help="the window for the returns, line-search trials and median "
+                             "times: the last N iterations (default 10)")
     window.add_argument("--iterations", metavar="A:B",
-                        help="average over iterations A to B-1 instead, e.g. 490:500")
+                        help="the window: iterations A to B-1 instead, e.g. 490:500")
     p.add_argument("--json", action="store_true", help="one JSON object")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.last = 10 if args.last is None else args.last
     if args.last < 1:
         return fail(PROG, f"--last must be at least 1, got {args.last}")
     span = None
@@ -171,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary["git_commit"] = doc.get("environment", {}).get("git_commit")
     except RunDirError as err:
         return fail(PROG, str(err))
-    print(json.dumps(summary) if args.json else render(args.run_dir, summary))
+    print(json.dumps(finite_or_none(summary), allow_nan=False) if args.json
+          else render(args.run_dir, summary))
     return 0
 
 

@@ -74,19 +74,42 @@ def test_summary_of_a_log_that_is_not_numeric(tmp_path, capsys):
 
 def test_an_iteration_window_averages_its_rows_and_takes_its_median_times(tmp_path, capsys):
     run = write_run(tmp_path)
-    (run / "progress.csv").write_text(
+    (run / "progress.csv").write_text(  # iteration 0 tried no step (ls_steps 0)
         "iteration,return_step_0,return_step_1,accepted,ls_steps,rejected_steps,env_steps_total\n"
-        "0,-10,-8,1,1,0,100\n1,-9,-5,1,3,0,200\n2,-8,-6,0,15,1,300\n3,-7,-2,1,2,1,400\n")
-    assert summary.main([str(run), "--iterations", "1:3", "--json"]) == 0
+        "0,-10,-8,0,0,0,100\n1,-9,-5,1,3,0,200\n2,-8,-6,0,15,1,300\n3,-7,-2,1,2,1,400\n")
+    assert summary.main([str(run), "--iterations", "0:3", "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
-    assert s["window"] == "iterations 1-2"
-    assert s["return_after_adaptation"] == pytest.approx(-5.5)  # mean of -5, -6
-    assert s["window_line_search_trials"] == pytest.approx(9.0)  # mean of 3, 15
-    median = s["window_median_seconds_per_iteration"]
-    assert median["sampling"] == pytest.approx(2.0) and median["total"] == pytest.approx(3.0)
-    assert s["best_iteration"] == 3  # the best and the totals still cover the whole run
+    assert s["window"] == "iterations 0-2"
+    assert s["return_after_adaptation"] == pytest.approx(-19 / 3)  # mean of -8, -5, -6
+    assert s["window_line_search_trials"] == pytest.approx(9.0)  # mean of 3, 15: 0 tried none
+    median = s["window_median_seconds_per_iteration"]  # sampling 1, 1, 3: median 1, mean 1.67
+    assert median["sampling"] == pytest.approx(1.0) and median["total"] == pytest.approx(2.0)
+    # the best iteration and the totals still cover the whole run
+    assert s["best_iteration"] == 3 and s["seconds"] == pytest.approx(10.0)
+    assert s["seconds_per_iteration"]["sampling"] == pytest.approx(1.5)
     assert summary.main([str(run), "--iterations", "1:3"]) == 0
     assert "line-search trials" in capsys.readouterr().out
+
+
+def test_a_window_without_timing_rows_gives_strict_json_with_nulls(tmp_path, capsys):
+    run = write_run(tmp_path)
+    (run / "timing.csv").write_text(TIMING.split("\n")[0] + "\n" + TIMING.split("\n")[4] + "\n")
+    assert summary.main([str(run), "--iterations", "0:2", "--json"]) == 0
+
+    def no_constants(name):
+        raise AssertionError(f"not strict JSON: {name}")
+
+    s = json.loads(capsys.readouterr().out, parse_constant=no_constants)
+    assert s["window_median_seconds_per_iteration"]["sampling"] is None
+    assert s["peak_rss_mb"] is None  # the only timing row has no rss_mb
+
+
+def test_a_timing_log_without_its_columns_is_one_line(tmp_path, capsys):
+    run = write_run(tmp_path)
+    (run / "timing.csv").write_text("iteration,rss_mb\n0,10\n")
+    assert summary.main([str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "seconds_sampling" in err[0]
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -98,3 +121,10 @@ def test_a_bad_or_empty_window_is_one_line(tmp_path, capsys, argv, needle):
     assert summary.main([str(write_run(tmp_path)), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0]
+
+
+def test_last_and_iterations_together_are_refused_even_with_the_default_value(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        summary.main([str(write_run(tmp_path)), "--last", "10", "--iterations", "0:2"])
+    assert exc.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err

@@ -270,6 +270,7 @@ def test_a_snapshot_copied_elsewhere_resumes_as_if_uninterrupted(reference, tmp_
         shutil.copy(started / name, snapshot / name)
     shutil.copy(started / "checkpoints" / "latest.pt", snapshot / "checkpoints" / "latest.pt")
     shutil.copytree(started / "tb", snapshot / "tb")
+    shutil.rmtree(started)  # nothing may still point at the original folder
     resume(snapshot, N_REF)
 
     whole = reference[0]
