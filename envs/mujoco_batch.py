@@ -589,6 +589,8 @@ class MujocoBatchEnv:
             data.qpos[:] = qpos[i]
             data.qvel[:] = qvel[i]
             mujoco.mj_forward(model, data)
+            for w in DIVERGENCE_WARNINGS:  # as the single env, which zeroes them before a step:
+                data.warning[w].number = 0  # a divergence then always raises a counter above 0
 
     def _step_block(self, indices: np.ndarray, acts: np.ndarray) -> None:
         """``MujocoEnv._step_mujoco_simulation`` per env (``cfrc_ext`` only where observed)."""

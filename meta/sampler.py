@@ -92,7 +92,7 @@ def _run_episodes(venv, policy, params, tasks, episodes_per_task, seed, per_task
         steps.append((obs_ne, actions, out.rewards.reshape(n, e), running.reshape(n, e), dist))
         done = out.terminated | out.truncated
         last_obs = torch.where((running & done)[:, None], out.observations, last_obs)
-        truncated |= running & out.truncated
+        truncated |= running & out.truncated & ~out.unstable  # diverged: cut, not timed out
         unstable |= running & out.unstable
         running = running & ~done
         obs = out.observations

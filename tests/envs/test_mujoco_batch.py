@@ -202,6 +202,30 @@ def test_a_diverged_env_ends_truncated_unstable_while_the_others_continue(name, 
         venv.close()
 
 
+@pytest.mark.parametrize("native", LOOPS)
+def test_a_divergence_is_flagged_even_when_the_reset_raised_a_warning(native, monkeypatch):
+    # MuJoCo's auto-reset of a diverged state leaves its counter at exactly 1: were the
+    # counters compared with a value of 1 left by the reset, that divergence would pass unseen
+    real_forward = mujoco.mj_forward
+
+    def warning_forward(model, data):
+        real_forward(model, data)
+        data.warning[mujoco.mjtWarning.mjWARN_BADQVEL].number = 1
+
+    venv = MujocoBatchEnv("HalfCheetahVel", 3, num_threads=2, min_envs_per_thread=1,
+                          native=native)
+    try:
+        monkeypatch.setattr(mujoco, "mj_forward", warning_forward)
+        venv.reset(seed=4)
+        monkeypatch.undo()
+        venv._datas[1].qvel[:] = 1e12
+        out = venv.step(torch.zeros(3, venv.action_space.shape[0]))
+        assert out.unstable.tolist() == [False, True, False]
+        assert out.rewards[1].item() == 0.0
+    finally:
+        venv.close()
+
+
 # --- threads, protocol, arguments -----------------------------------------------------------------
 def batch_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX)]
