@@ -15,6 +15,8 @@ task and a task set is reproducible on its own.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, ClassVar, Generic, Sequence, TypeVar
 
 import numpy as np
@@ -121,7 +123,26 @@ def check_action(action: Any, shape: tuple[int, ...]) -> np.ndarray:
     return a
 
 
-def check_in_range(name: str, value: float, low: float, high: float) -> None:
-    """Raise :class:`TaskError` unless ``low <= value <= high`` (and finite)."""
-    if not (np.isfinite(value) and low <= value <= high):
+def real(name: str, value: Any) -> float:
+    """``value`` as a finite float; :class:`TaskError` for non-numbers (bools too) and NaN/inf."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TaskError(f"{name} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise TaskError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+def real_vector(name: str, values: Any, length: int) -> np.ndarray:
+    """A tuple of ``length`` finite numbers as a float64 array; :class:`TaskError` otherwise."""
+    if not isinstance(values, tuple):
+        raise TaskError(f"{name} must be a tuple of {length} numbers, got {type(values).__name__}")
+    if len(values) != length:
+        raise TaskError(f"{name} must have {length} entries, got {len(values)}")
+    return np.array([real(f"{name}[{i}]", v) for i, v in enumerate(values)], dtype=np.float64)
+
+
+def in_range(name: str, value: float, low: float, high: float) -> None:
+    """:class:`TaskError` unless ``low <= value <= high``."""
+    if not low <= value <= high:
         raise TaskError(f"{name} must lie in [{low}, {high}], got {value}")

@@ -36,7 +36,7 @@ import mujoco
 import numpy as np
 from gymnasium.utils import EzPickle
 
-from envs.base import MetaEnv, TaskT, check_action
+from envs.base import MetaEnv, TaskT, check_action, in_range, real, real_vector  # noqa: F401
 from envs.tasks import TaskError
 
 #: Constructor keywords forwarded to Gymnasium's ``MujocoEnv`` (rendering only). Everything that
@@ -122,31 +122,6 @@ def _finite(value: Any) -> Any:
 
 
 # --- task-value checks shared by the families ---------------------------------------------------
-def real(name: str, value: Any) -> float:
-    """``value`` as a finite float; :class:`TaskError` for non-numbers (bools too) and NaN/inf."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TaskError(f"{name} must be a number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise TaskError(f"{name} must be finite, got {value!r}")
-    return v
-
-
-def real_vector(name: str, values: Any, length: int) -> np.ndarray:
-    """A tuple of ``length`` finite numbers as a float64 array; :class:`TaskError` otherwise."""
-    if not isinstance(values, tuple):
-        raise TaskError(f"{name} must be a tuple of {length} numbers, got {type(values).__name__}")
-    if len(values) != length:
-        raise TaskError(f"{name} must have {length} entries, got {len(values)}")
-    return np.array([real(f"{name}[{i}]", v) for i, v in enumerate(values)], dtype=np.float64)
-
-
-def in_range(name: str, value: float, low: float, high: float) -> None:
-    """:class:`TaskError` unless ``low <= value <= high``."""
-    if not low <= value <= high:
-        raise TaskError(f"{name} must lie in [{low}, {high}], got {value}")
-
-
 def direction_value(name: str, value: Any) -> None:
     """:class:`TaskError` unless ``value`` is exactly -1 or +1."""
     v = real(name, value)

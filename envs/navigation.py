@@ -26,7 +26,9 @@ Tasks:
 
 Provenance:
     Finn et al. 2017 (MAML), section 5.3, "2D navigation", as implemented in pytorch-maml-rl's
-    ``Navigation2DEnv``: same start, clipping, reward, termination tolerance and horizon. Two
+    ``Navigation2DEnv``: same start, clipping, reward, termination tolerance and horizon (the
+    paper's text describes the reward as the negative squared distance; its code, like
+    pytorch-maml-rl, uses the distance itself, and so does this env). Two
     differences: observations are float32 (there float32 too, but through gym's old API) and
     the 100-step limit is a Gymnasium truncation, not a ``done``.
 
@@ -41,8 +43,8 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from envs.base import MetaEnv, check_action, check_in_range
-from envs.tasks import GoalTask, TaskError
+from envs.base import MetaEnv, check_action, in_range, real_vector
+from envs.tasks import GoalTask
 
 GOAL_TOLERANCE = 0.01
 MAX_STEP = 0.1
@@ -74,10 +76,9 @@ class Navigation2D(MetaEnv[GoalTask], gym.Env):
         return goals
 
     def _validate_task_values(self, task: GoalTask) -> None:
-        if len(task.goal) != 2:
-            raise TaskError(f"GoalTask.goal must have 2 coordinates, got {len(task.goal)}")
-        for i, g in enumerate(task.goal):
-            check_in_range(f"GoalTask.goal[{i}]", g, -10.0, 10.0)
+        g = real_vector("GoalTask.goal", task.goal, 2)  # a tuple, so the task stays hashable
+        for i in range(2):
+            in_range(f"GoalTask.goal[{i}]", float(g[i]), -10.0, 10.0)
 
     # --- gymnasium ----------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from envs.navigation import Navigation2D
-from envs.tasks import GoalTask
+from envs.tasks import GoalTask, TaskError
 
 
 def test_reward_is_minus_distance_after_the_clipped_move():
@@ -44,3 +44,13 @@ def test_standing_still_returns_about_minus_38_on_the_train_distribution():
     goals = env.sample_tasks(2000, np.random.default_rng(0))
     mean = np.mean([-100 * np.hypot(*t.goal) for t in goals])
     assert -40 < mean < -36  # E||U[-0.5,0.5]^2|| ~ 0.3826
+
+
+@pytest.mark.parametrize("goal", [[0.1, 0.2], np.array([0.1, 0.2]), ("a", 0.1), 5, (0.1,),
+                                  (0.1, float("nan")), (0.1, 11.0), (True, 0.1)])
+def test_a_malformed_goal_is_a_task_error_as_in_every_family(goal):
+    env = Navigation2D()
+    with pytest.raises(TaskError, match="GoalTask.goal"):
+        env.set_task(GoalTask(goal=goal))
+    env.set_task(GoalTask(goal=(0.1, 0.2)))  # a tuple of numbers: valid, hashable
+    assert hash(env.get_task()) == hash(GoalTask(goal=(0.1, 0.2)))

@@ -1,5 +1,6 @@
 """Splits' JSON form, the registry's lookups and errors, and `adaptbed envs`."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -10,8 +11,8 @@ import pytest
 
 import envs  # noqa: F401  (registers the adaptbed/ ids)
 from envs.registry import FAMILIES, UnknownFamilyError, family, make, markdown_table, table_rows
-from envs.splits import get_split, split_from_json, split_to_json
-from envs.tasks import GoalTask, TaskError, VelocityTask
+from envs.splits import SPLIT_KEYS, get_split, split_from_json, split_to_json
+from envs.tasks import GoalTask, TaskError, VelocityTask, task_to_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,3 +83,53 @@ def test_envs_command_prints_every_family():
     rows = json.loads(subprocess.run([sys.executable, "-m", "experiments.cli", "envs", "--json"],
                                      cwd=ROOT, capture_output=True, text=True, check=True).stdout)
     assert rows == table_rows()
+
+
+# --- the fixed splits never change ----------------------------------------------------------------
+#: sha256 (first 16 hex digits) of each split's tasks as sorted JSON, floats at 9 significant
+#: digits; recorded on 2026-11-29 from the splits every README evaluation used. A change here
+#: means every held-out number in README.md was measured on other tasks.
+PINNED_SPLITS = {
+    ("Navigation2D", "test"): "b8575f01128f2fbf", ("Navigation2D", "ood"): "e974033960364195",
+    ("HalfCheetahVel", "test"): "b6f74ff7ea27e86f", ("HalfCheetahVel", "ood"): "c10925662239da51",
+    ("HalfCheetahDir", "test"): "7a0f84093637cfe6",
+    ("AntVel", "test"): "03fed9a1e1922c93", ("AntVel", "ood"): "cd98febc3f30a795",
+    ("AntDir", "test"): "16a9855e36010c13",
+    ("AntDir2D", "test"): "234940fa3053453a",
+    ("AntGoal", "test"): "711b248ecf8b7077", ("AntGoal", "ood"): "272072b7619a79f8",
+    ("HopperRandParams", "test"): "eedb2aaa62904e2b", ("HopperRandParams", "ood"): "ac994bf1e84a2a9c",
+    ("Walker2dRandParams", "test"): "3453bd25464d5ec4",
+    ("Walker2dRandParams", "ood"): "5280dcc169c42191",
+}
+
+
+def _rounded(x):
+    if isinstance(x, float):
+        return float(f"{x:.9g}")
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_rounded(v) for v in x]
+    return x
+
+
+def _fingerprint(tasks: list) -> str:
+    text = json.dumps(_rounded([task_to_dict(t) for t in tasks]), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("name", [s.name for s in FAMILIES])
+def test_every_fixed_split_is_the_pinned_one(name):
+    for split in ("test", "ood"):
+        key = (name, split)
+        if key not in PINNED_SPLITS:
+            with pytest.raises(TaskError):
+                get_split(name, split)
+            continue
+        assert _fingerprint(get_split(name, split)) == PINNED_SPLITS[key], key
+
+
+def test_split_keys_are_frozen_per_family_and_distinct():
+    assert set(SPLIT_KEYS) == {s.name for s in FAMILIES}
+    assert len(set(SPLIT_KEYS.values())) == len(SPLIT_KEYS)
+    assert get_split("HalfCheetahVel", "test")[0] == VelocityTask(1.4013084379202922)
