@@ -194,13 +194,17 @@ def rollout_plan(timesteps: int, n_envs: int = 1) -> RolloutPlan:
     (the last minibatch of an epoch may be smaller when 64 does not divide the rollout).
 
     Raises:
-        ValueError: ``timesteps < 64`` or ``n_envs < 1``.
+        ValueError: ``timesteps < 64``, ``n_envs < 1``, or fewer timesteps than
+            environments (no environment would take a step).
     """
     if isinstance(n_envs, bool) or int(n_envs) != n_envs or n_envs < 1:
         raise ValueError(f"n_envs must be a positive integer, got {n_envs!r}")
     if isinstance(timesteps, bool) or int(timesteps) != timesteps or timesteps < MIN_TIMESTEPS:
         raise ValueError(f"timesteps must be an integer >= {MIN_TIMESTEPS}, got {timesteps!r}")
     timesteps, n_envs = int(timesteps), int(n_envs)
+    if timesteps < n_envs:
+        raise ValueError(f"a budget of {timesteps} timesteps cannot give each of {n_envs} "
+                         "environments one step: use fewer environments or a larger budget")
     n_updates = math.ceil(timesteps / (MAX_ROLLOUT * n_envs))
     n_steps = timesteps // (n_updates * n_envs)
     return RolloutPlan(n_steps, n_updates, n_steps * n_envs * n_updates,

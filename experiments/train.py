@@ -108,7 +108,7 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
     Returns the metrics of the last iteration.
     """
     parts = build(cfg)
-    start, env_steps, best, rejected = 0, 0, -math.inf, 0
+    start, env_steps, best, rejected, failures = 0, 0, -math.inf, 0, 0  # failures: in a row
     if resume:
         state, warning = load_latest_checkpoint(run_dir / "checkpoints")
         if warning:
@@ -117,7 +117,7 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
         parts.outer.load_state_dict(state["outer"])
         start, env_steps, best = state["iteration"], state["env_steps"], state["best_return"]
         rejected = state.get("rejected_steps", 0)
-    failures = 0  # consecutive rejected outer steps
+        failures = state.get("consecutive_failures", 0)  # absent from older checkpoints
     logger = RunLogger(run_dir, cfg, start)
     progress = Progress(cfg.run.iterations, start, enabled=not cfg.run.quiet)
     stop = StopRequest()
@@ -156,7 +156,7 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
             state = {"policy": parts.policy.state_dict(), "outer": parts.outer.state_dict(),
                      "iteration": iteration + 1, "env_steps": env_steps,
                      "best_return": best if fault else max(best, post),
-                     "rejected_steps": rejected,
+                     "rejected_steps": rejected, "consecutive_failures": failures,
                      "metrics": metrics}
             if post > best and not fault:
                 best = post

@@ -183,6 +183,12 @@ def test_rollout_plan_rejects_bad_sizes(timesteps, n_envs):
         rollout_plan(timesteps, n_envs)
 
 
+def test_rollout_plan_says_when_the_budget_is_below_one_step_per_environment():
+    with pytest.raises(ValueError, match="100 timesteps cannot give each of 128 environments"):
+        rollout_plan(100, 128)
+    assert rollout_plan(128, 128).n_steps == 1
+
+
 def test_ppo_uses_exactly_the_planned_steps():
     plan = rollout_plan(200, 1)
     venv = DummyVecEnv([lambda: make_env(NAV, task=GoalTask(goal=(0.2, 0.2)))])

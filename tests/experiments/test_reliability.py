@@ -131,6 +131,19 @@ def test_exploding_learning_rate_stops_the_run_with_a_clear_message(tmp_path, ca
     assert state["iteration"] < 20
 
 
+def test_a_resumed_run_stops_on_the_same_streak_of_rejected_steps_as_an_uninterrupted_one(
+        tmp_path, capsys):
+    exploding = [*TINY, "outer.algo=adam", "outer.lr=1e30", "run.max_consecutive_failures=3"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main(["--run-dir", str(whole), "--iterations", "20", *exploding]) == 1
+    assert main(["--run-dir", str(split), "--iterations", "2", *exploding]) == 0
+    assert load_checkpoint(split / "checkpoints" / "latest.pt")["consecutive_failures"] == 2
+    assert main(["--resume", "--run-dir", str(split), "--iterations", "20", "--quiet"]) == 1
+    assert capsys.readouterr().err.count("3 outer steps in a row were rejected") == 2
+    ends = [load_checkpoint(d / "checkpoints" / "latest.pt")["iteration"] for d in (whole, split)]
+    assert ends[0] == ends[1] == 3
+
+
 def test_memory_stays_flat_over_50_iterations(tmp_path):
     run(tmp_path, "run.iterations=50")
     timing = rows(tmp_path / "timing.csv")
