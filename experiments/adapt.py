@@ -6,7 +6,8 @@ Usage::
                    [--inner-steps K] [--episodes-per-step N] [--seed S] [--checkpoint latest|best]
 
 The adaptation is exactly the evaluation protocol of ``adaptbed evaluate`` on a single task:
-K policy-gradient steps (the first at the run's ``fast_lr``, later ones at ``fast_lr / 2``),
+K policy-gradient steps (the first at the run's ``fast_lr``, later ones at ``fast_lr / 2``,
+but as many as the run's inner steps at ``fast_lr``),
 each from N fresh episodes, then N more episodes with the adapted policy. With the same seed the
 returns equal those ``adaptbed evaluate`` reports for that task (tested).
 
@@ -37,7 +38,6 @@ from experiments.evaluate import (DEFAULT_INNER_STEPS, USER_ERRORS, LoadedRun, P
 from experiments.rundir import (RunDirError, atomic_write_text, load_checkpoint,
                                 save_checkpoint)
 from meta.adaptation import collect_meta_batch, step_seeds
-from meta.evaluation import step_sizes
 from meta.maml import InnerLoop, adapt
 
 POLICY_FILE = "policy.pt"
@@ -82,7 +82,7 @@ def adapt_to_task(policy: nn.Module, task: Any, protocol: Protocol, seed: int) -
     Returns:
         a copy of ``policy`` holding the adapted parameters (``policy`` is not modified).
     """
-    inner = InnerLoop(step_sizes(protocol.fast_lr, protocol.inner_steps), first_order=True,
+    inner = InnerLoop(protocol.step_sizes, first_order=True,
                       batching="loop")
     n = protocol.episodes_per_step
     venv = make_vector_env(protocol.family, n, protocol.device)
@@ -117,7 +117,7 @@ def save_adapted(directory: Path, adapted: Adapted, run: LoadedRun, protocol: Pr
         "family": run.family, "task": task_to_dict(adapted.task),
         "returns": adapted.returns, "steps": list(range(len(adapted.returns))),
         "inner_steps": protocol.inner_steps, "episodes_per_step": protocol.episodes_per_step,
-        "step_sizes": list(step_sizes(protocol.fast_lr, protocol.inner_steps)), "seed": seed,
+        "step_sizes": list(protocol.step_sizes), "seed": seed,
         "run_dir": str(run.run_dir.resolve()), "checkpoint": run.checkpoint,
         "checkpoint_iteration": run.iteration,
     }

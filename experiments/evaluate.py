@@ -9,8 +9,8 @@ Usage::
 
 The protocol is the MAML paper's (Finn et al. 2017, sec. 5.3 / Fig. 5; implemented by
 :func:`meta.evaluation.evaluate_adaptation`): for every held-out task, sample N episodes with
-the current parameters, take one policy-gradient step at ``fast_lr``, further steps at
-``fast_lr / 2``, and measure the mean return after 0, 1, ..., K steps, each time on fresh
+the current parameters, take one policy-gradient step at ``fast_lr`` (as many as the run
+trained with, if more), further steps at ``fast_lr / 2``, and measure the mean return after 0, 1, ..., K steps, each time on fresh
 episodes. Per agent the result is the mean over tasks with a 95% confidence interval over tasks
 (Student t). With several ``--seeds``, each task's values are first averaged over the seeds,
 then mean and CI are taken over tasks (so the CI measures the spread between tasks, as with one
@@ -269,6 +269,12 @@ class Protocol:
     fast_lr: float
     advantages: AdvantageSettings
     device: str = "cpu"
+    trained_steps: int = 1  # the run's inner steps: those take fast_lr, later ones half
+
+    @property
+    def step_sizes(self) -> tuple[float, ...]:
+        """The inner step sizes (:func:`meta.evaluation.step_sizes`)."""
+        return step_sizes(self.fast_lr, self.inner_steps, self.trained_steps)
 
     @property
     def horizon(self) -> int:
@@ -294,7 +300,7 @@ def protocol_of(run: LoadedRun, inner_steps: int, episodes_per_step: int | None)
     m = run.cfg.maml
     return Protocol(run.family, inner_steps, n, m.fast_lr,
                     AdvantageSettings(m.gamma, m.gae_lambda, m.bootstrap_truncated),
-                    run.cfg.run.device)
+                    run.cfg.run.device, max(1, m.num_inner_steps))
 
 
 def adaptation_curve(policy: nn.Module, tasks: Sequence, protocol: Protocol,
@@ -307,7 +313,8 @@ def adaptation_curve(policy: nn.Module, tasks: Sequence, protocol: Protocol,
     try:
         result = evaluate_adaptation(venv, policy, dict(policy.named_parameters()), tasks,
                                      protocol.fast_lr, protocol.inner_steps, n,
-                                     protocol.advantages, seed=seed, batching=batching)
+                                     protocol.advantages, seed=seed, batching=batching,
+                                     trained_steps=protocol.trained_steps)
     finally:
         venv.close()
     return result["per_task"]
@@ -669,7 +676,7 @@ def evaluation_document(request: Request, agents: dict[str, dict],
         "checkpoint_iteration": request.run.iteration,
         "checkpoint_sha256": request.run.checkpoint_sha256,
         "inner_steps": p.inner_steps, "episodes_per_step": p.episodes_per_step,
-        "fast_lr": p.fast_lr, "step_sizes": list(step_sizes(p.fast_lr, p.inner_steps)),
+        "fast_lr": p.fast_lr, "step_sizes": list(p.step_sizes),
         "horizon": p.horizon,
         "seed_aggregation": "per-task values averaged over seeds, then mean and 95% CI "
                             "(Student t) over tasks",
@@ -738,7 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"adaptbed evaluate: error: {err}", file=sys.stderr)
         return 2
     p = request.protocol
-    schedule = ", ".join(f"{a:g}" for a in step_sizes(p.fast_lr, p.inner_steps))
+    schedule = ", ".join(f"{a:g}" for a in p.step_sizes)
     log(f"{request.run.family}, {request.split} split ({len(request.tasks)} tasks): K="
         f"{p.inner_steps} steps of {p.episodes_per_step} episodes, step sizes {schedule}")
     agents = evaluate_all(request.agents, request.seeds, p.inner_steps, log)

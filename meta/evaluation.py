@@ -2,7 +2,8 @@
 
 For every task: sample ``episodes_per_step`` episodes with the current parameters, take one
 policy-gradient step at ``fast_lr``, then further steps at ``fast_lr / 2``, measuring the mean
-return after 0, 1, ..., K steps with fresh episodes each time.
+return after 0, 1, ..., K steps with fresh episodes each time. A policy meta-trained with
+several inner steps takes those at ``fast_lr``, as in training, and only later ones at half.
 """
 
 from __future__ import annotations
@@ -20,9 +21,15 @@ from envs.vector import TaskVectorEnv
 from meta.adaptation import AdvantageSettings, collect_meta_batch, step_seeds
 from meta.maml import InnerLoop
 
-def step_sizes(fast_lr: float, num_steps: int) -> tuple[float, ...]:
-    """The MAML paper's evaluation schedule: ``fast_lr``, then ``fast_lr / 2`` for later steps."""
-    return tuple(fast_lr if k == 0 else fast_lr / 2 for k in range(num_steps))
+def step_sizes(fast_lr: float, num_steps: int, trained_steps: int = 1) -> tuple[float, ...]:
+    """The MAML paper's evaluation schedule: ``fast_lr``, then ``fast_lr / 2`` for later steps.
+
+    The first ``trained_steps`` steps (at least one) take ``fast_lr``: a policy meta-trained
+    with several inner steps is evaluated on the schedule it was trained for, and halved only
+    beyond it (e.g. ``(0.1, 0.1, 0.05)`` for 3 steps after training with 2).
+    """
+    full = max(1, trained_steps)
+    return tuple(fast_lr if k < full else fast_lr / 2 for k in range(num_steps))
 
 
 def ci95(values: Sequence[float]) -> float:
@@ -86,15 +93,18 @@ def stand_still_returns(venv: TaskVectorEnv, tasks: Sequence, episodes_per_task:
 def evaluate_adaptation(venv: TaskVectorEnv, policy: nn.Module, params: Mapping[str, Tensor],
                         tasks: Sequence, fast_lr: float, num_steps: int, episodes_per_step: int,
                         advantages: AdvantageSettings, seed: int,
-                        first_order: bool = True, batching: str = "batched") -> dict:
-    """Adaptation curve on ``tasks``.
+                        first_order: bool = True, batching: str = "batched",
+                        trained_steps: int = 1) -> dict:
+    """Adaptation curve on ``tasks``, with the schedule :func:`step_sizes`
+    ``(fast_lr, num_steps, trained_steps)``.
 
     Returns:
         ``{"steps": [0..K], "mean": [K+1], "ci95": [K+1], "per_task": [[K+1] per task]}``:
         mean episode return per task after each number of inner steps, averaged over tasks
         with a 95% confidence interval over tasks.
     """
-    inner = InnerLoop(step_sizes(fast_lr, num_steps), first_order=first_order, batching=batching)
+    inner = InnerLoop(step_sizes(fast_lr, num_steps, trained_steps), first_order=first_order,
+                      batching=batching)
     seeds = step_seeds(seed, 0, num_steps + 1)
     batch, _ = collect_meta_batch(venv, policy, params, tasks, inner, episodes_per_step,
                                   advantages, seeds)

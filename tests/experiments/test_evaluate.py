@@ -9,6 +9,8 @@ The learning test at the end (``slow``) trains navigation-2d with the CI-sized b
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import shutil
@@ -139,6 +141,8 @@ def test_tensorboard_scalars_per_agent_and_step(run_dir, capsys):
 def test_step_sizes_are_fast_lr_then_half(run_dir, capsys, monkeypatch):
     assert step_sizes(0.1, 3) == (0.1, 0.05, 0.05)
     assert step_sizes(FAST_LR, 1) == (FAST_LR,)
+    assert step_sizes(0.1, 3, trained_steps=2) == (0.1, 0.1, 0.05)  # as trained, then half
+    assert step_sizes(0.1, 2, trained_steps=0) == (0.1, 0.05)  # a multi-task policy
     seen = []
     real = meta.evaluation.InnerLoop
 
@@ -162,6 +166,14 @@ def test_step_sizes_are_fast_lr_then_half(run_dir, capsys, monkeypatch):
     manual = evaluate_adaptation(venv, run.policy, dict(run.policy.named_parameters()), tasks,
                                  FAST_LR, 3, 2, AdvantageSettings(), seed=5)
     np.testing.assert_allclose(doc["agents"]["maml"]["per_task"], manual["per_task"], rtol=1e-5)
+
+
+def test_a_run_trained_with_two_inner_steps_is_evaluated_with_two_full_steps(run_dir):
+    run = evaluate.load_run(run_dir)
+    assert evaluate.protocol_of(run, 3, None).step_sizes == (FAST_LR, FAST_LR / 2, FAST_LR / 2)
+    two = dataclasses.replace(run.cfg, maml=dataclasses.replace(run.cfg.maml, num_inner_steps=2))
+    protocol = evaluate.protocol_of(dataclasses.replace(run, cfg=two), 3, None)
+    assert protocol.step_sizes == (FAST_LR, FAST_LR, FAST_LR / 2)
 
 
 def test_same_seed_same_result_different_seed_different(run_dir, capsys):
