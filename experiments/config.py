@@ -28,6 +28,7 @@ ALGOS = ("trpo", "ppo", "adam")
 ACTIVATIONS = ("relu", "tanh")  # the keys of agents.policies.ACTIVATIONS
 DEVICES = ("cpu", "cuda")
 INNER_BATCHING = ("auto", "batched", "loop")
+INNER_OBJECTIVES = ("reinforce", "lvc")  # meta.maml.INNER_OBJECTIVES
 FISHER = ("exact", "first_order")
 _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no")
@@ -78,10 +79,16 @@ class MamlConfig:
     gae_lambda: float = 1.0
     """GAE lambda (1.0: Monte-Carlo returns minus the baseline)."""
     bootstrap_truncated: bool = False
-    """Bootstrap the baseline's value at the time limit (the reference implementations don't)."""
+    """Bootstrap the baseline's value at the time limit (the reference implementations don't).
+    With the linear baseline, whose time features are fit to returns that fall to about 0 at
+    the horizon, that value is close to 0, so this changes little."""
     inner_batching: str = "auto"
     """auto, batched or loop: adapt all tasks in one batched computation or in a per-task loop;
     auto picks the faster for the device."""
+    inner_objective: str = "reinforce"
+    """reinforce (the MAML paper's inner loss) or lvc (ProMP's low-variance curvature loss:
+    the same inner steps, a meta-gradient with its curvature term; ProMP is outer.algo=ppo
+    with lvc)."""
 
 
 @dataclass(frozen=True)
@@ -479,6 +486,7 @@ def _validate_choices(cfg: Config) -> None:
     _one_of("policy.activation", cfg.policy.activation, ACTIVATIONS)
     _one_of("run.device", cfg.run.device, DEVICES)
     _one_of("maml.inner_batching", cfg.maml.inner_batching, INNER_BATCHING)
+    _one_of("maml.inner_objective", cfg.maml.inner_objective, INNER_OBJECTIVES)
     _one_of("outer.fisher", cfg.outer.fisher, FISHER)
 
 

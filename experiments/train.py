@@ -63,7 +63,7 @@ def inner_loop(cfg: cfglib.Config) -> InnerLoop:
     if batching == "auto":
         batching = AUTO_BATCHING[torch.device(cfg.run.device).type]
     return InnerLoop((cfg.maml.fast_lr,) * cfg.maml.num_inner_steps, cfg.maml.first_order,
-                     batching)
+                     batching, cfg.maml.inner_objective)
 
 
 def build_policy(cfg: cfglib.Config, observation_space, action_space) -> nn.Module:

@@ -30,6 +30,7 @@ from meta.episodes import Episodes
 from meta.returns import discounted_returns, gae_advantages, normalize_advantages, weighted_mean
 
 BATCHING = ("batched", "loop")
+INNER_OBJECTIVES = ("reinforce", "lvc")
 
 
 # --- advantages ---------------------------------------------------------------------------------
@@ -104,6 +105,26 @@ def reinforce_loss(policy: nn.Module, params: Mapping[str, Tensor], episodes: Ep
     return -weighted_mean(logp * episodes.advantages, episodes.mask)
 
 
+def lvc_loss(policy: nn.Module, params: Mapping[str, Tensor], episodes: Episodes,
+             per_task_params: bool, batching: str = "batched") -> Tensor:
+    """ProMP's low-variance curvature objective as a loss (Rothfuss et al. 2019, sec. 5): ``[N]``.
+
+    ``L_i = - sum_{t,e} m_{t,e} (pi(a|s) / stop_grad(pi(a|s))) A_{t,e} / sum_{t,e} m_{t,e}``.
+    Its value is minus the mean advantage and its gradient is :func:`reinforce_loss`'s, so an
+    inner step takes the same parameters. Its Hessian adds ``E[grad log pi grad log pi^T A]`` to
+    REINFORCE's ``E[hess log pi A]``: the curvature term through which the meta-gradient
+    credits the pre-update sampling distribution (ProMP, sec. 5).
+    """
+    if episodes.advantages is None:
+        raise ValueError("episodes have no advantages: call meta.maml.with_advantages first")
+    logp = log_probs(policy, params, episodes, per_task_params, batching)
+    ratio = torch.exp(logp - logp.detach())  # 1 in value, grad log pi in derivative
+    return -weighted_mean(ratio * episodes.advantages, episodes.mask)
+
+
+INNER_LOSSES = {"reinforce": reinforce_loss, "lvc": lvc_loss}
+
+
 # --- the inner loop -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class InnerLoop:
@@ -117,15 +138,22 @@ class InnerLoop:
             constant, so ``d theta' / d theta = I``.
         batching: ``"batched"`` adapts all tasks in one computation (a ``vmap``-ed forward
             with per-task parameter copies); ``"loop"`` adapts task by task. Same numbers.
+        objective: the inner loss: ``"reinforce"`` (:func:`reinforce_loss`, the MAML paper's)
+            or ``"lvc"`` (:func:`lvc_loss`, ProMP's). Both take the same inner steps; only
+            the second-order terms of the meta-gradient differ.
     """
 
     step_sizes: tuple[float, ...] = (0.1,)
     first_order: bool = False
     batching: str = "batched"
+    objective: str = "reinforce"
 
     def __post_init__(self) -> None:
         if self.batching not in BATCHING:
             raise ValueError(f"unknown batching {self.batching!r}; known: {BATCHING}")
+        if self.objective not in INNER_OBJECTIVES:
+            raise ValueError(f"unknown inner objective {self.objective!r}; "
+                             f"known: {INNER_OBJECTIVES}")
         if any(not a > 0 for a in self.step_sizes):
             raise ValueError(f"step sizes must be positive, got {self.step_sizes}")
 
@@ -166,19 +194,21 @@ def adapt(policy: nn.Module, params: Mapping[str, Tensor], train_episodes: Seque
 def _adapt_batched(policy, params, train_episodes, inner, create_graph) -> Params:
     n = train_episodes[0].num_tasks
     stacked = {k: v.unsqueeze(0).expand(n, *v.shape) for k, v in params.items()}
+    inner_loss = INNER_LOSSES[inner.objective]
 
     def loss(p: Params, k: int) -> Tensor:  # tasks are independent: d(sum)/d(p_i) = dL_i/d(p_i)
-        return reinforce_loss(policy, p, train_episodes[k], per_task_params=True).sum()
+        return inner_loss(policy, p, train_episodes[k], per_task_params=True).sum()
 
     return gradient_descent(loss, stacked, inner.step_sizes, create_graph)
 
 
 def _adapt_loop(policy, params, train_episodes, inner, create_graph) -> Params:
     adapted: list[Params] = []
+    inner_loss = INNER_LOSSES[inner.objective]
     for i in range(train_episodes[0].num_tasks):
 
         def loss(p: Params, k: int, i: int = i) -> Tensor:
-            return reinforce_loss(policy, p, train_episodes[k].task(i), per_task_params=False).sum()
+            return inner_loss(policy, p, train_episodes[k].task(i), per_task_params=False).sum()
 
         adapted.append(gradient_descent(loss, dict(params), inner.step_sizes, create_graph))
     return {k: torch.stack([p[k] for p in adapted]) for k in params}

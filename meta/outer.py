@@ -11,8 +11,11 @@ place, and returns a dict of metrics. The loss maths are the pure functions abov
   conjugate gradient on Hessian-vector products through the adaptation, and a backtracking
   line search.
 * :class:`PPO` -- the clipped surrogate (Schulman et al. 2017, eq. 7) on post-adaptation
-  episodes over several epochs, as in ProMP (Rothfuss et al. 2019, eq. 13), with its KL
-  penalty ``eta * KL(pi_theta_old || pi_theta)`` on the pre-adaptation states.
+  episodes over several epochs, with ProMP's KL penalty ``eta * KL(pi_theta_old || pi_theta)``
+  on the pre-adaptation states (Rothfuss et al. 2019, eq. 13). ProMP's objective also adapts
+  with its LVC inner loss: that is an :class:`~meta.maml.InnerLoop` with ``objective="lvc"``
+  (``maml.inner_objective=lvc``); with the default REINFORCE inner loss this is MAML with a
+  clipped outer surrogate.
 * :class:`AdamOuter` -- Adam on the post-adaptation policy-gradient loss (the tutorial's form,
   with the outer loss evaluated at the *adapted* parameters).
 """

@@ -231,6 +231,7 @@ INVALID = [
     (["policy.activation=gelu"], "policy.activation"),
     (["run.device=tpu"], "run.device"),
     (["maml.inner_batching=fast"], "maml.inner_batching"),
+    (["maml.inner_objective=dice"], "maml.inner_objective"),
     (["env.family=NoSuchFamily"], "NoSuchFamily"),
 ]
 
@@ -252,6 +253,7 @@ VALID_EDGES = [
     ["outer.ls_backtrack_ratio=0.999", "outer.clip_eps=1e-3"],
     ["outer.algo=ppo", "policy.activation=tanh", "maml.inner_batching=loop"],
     ["outer.algo=adam", "maml.inner_batching=batched"],
+    ["outer.algo=ppo", "maml.inner_objective=lvc"],
     ["policy.hidden_sizes=[]"],
     ["env.family=adaptbed/HalfCheetahVel-v0"],
     ["env.family=HalfCheetahVel"],

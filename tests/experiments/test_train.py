@@ -237,9 +237,11 @@ def test_tensorboard_scalars(reference):
 
 
 # --- 3. resume -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("algo", ["trpo", "adam"])
+@pytest.mark.parametrize("algo", ["trpo", "adam", "ppo"])
 def test_resume_equals_uninterrupted(reference, tmp_path, algo):
     extra = [f"outer.algo={algo}"]
+    if algo == "ppo":  # ProMP: the clipped outer loop with the LVC inner loss
+        extra.append("maml.inner_objective=lvc")
     if algo == "trpo":
         whole = reference[0]
     else:
@@ -256,6 +258,7 @@ def test_resume_equals_uninterrupted(reference, tmp_path, algo):
     assert_one_row_per_iteration(split, N_REF)
     saved = json.loads((split / "config.json").read_text())["config"]
     assert saved["run"]["iterations"] == N_REF and saved["outer"]["algo"] == algo
+    assert saved["maml"]["inner_objective"] == ("lvc" if algo == "ppo" else "reinforce")
 
 
 def test_a_snapshot_copied_elsewhere_resumes_as_if_uninterrupted(reference, tmp_path):

@@ -21,6 +21,7 @@ from meta.maml import (
     detached,
     gradient_descent,
     log_probs,
+    lvc_loss,
     reinforce_loss,
     with_advantages,
 )
@@ -438,10 +439,58 @@ def test_zero_inner_steps_give_every_task_the_base_parameters():
         adapt(policy, params, [], InnerLoop(step_sizes=()))
 
 
+# --- (f') ProMP's LVC inner loss -----------------------------------------------------------------
+@pytest.mark.parametrize("batching", ["batched", "loop"])
+def test_lvc_takes_the_same_inner_steps_but_gives_another_meta_gradient(batching):
+    policy = make_policy()
+    params = base_params(policy)
+    train, valid = batches(2)
+    reinforce = InnerLoop((ALPHA, ALPHA / 2), batching=batching)
+    lvc = dataclasses.replace(reinforce, objective="lvc")
+    a = adapt(policy, params, train, reinforce, create_graph=False)
+    b = adapt(policy, params, train, lvc, create_graph=False)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-12, atol=1e-12)
+    g_reinforce = meta_gradient(policy, params, train, valid, reinforce)
+    g_lvc = meta_gradient(policy, params, train, valid, lvc)
+    assert rel_err(g_lvc, g_reinforce) > 1e-3  # the curvature term changes it
+    first = dataclasses.replace(lvc, first_order=True)  # without second order they agree
+    torch.testing.assert_close(meta_gradient(policy, params, train, valid, first),
+                               meta_gradient(policy, params, train, valid,
+                                             dataclasses.replace(reinforce, first_order=True)))
+
+
+def test_lvc_hessian_is_reinforces_plus_the_advantage_weighted_score_outer_product():
+    """ProMP sec. 5: hess L_LVC = hess L_RE - sum_t m_t A_t g_t g_t^T / sum_t m_t, g_t = grad
+    log pi(a_t|s_t), for one task."""
+    policy = make_policy()
+    params = base_params(policy)
+    episodes = make_episodes(3).task(0)
+    theta = flat(params).detach()
+
+    def loss(fn):
+        return lambda x: fn(policy, unflat(x, params), episodes, per_task_params=False).sum()
+
+    h_lvc = torch.autograd.functional.hessian(loss(lvc_loss), theta)
+    h_re = torch.autograd.functional.hessian(loss(reinforce_loss), theta)
+    scores = torch.autograd.functional.jacobian(
+        lambda x: log_probs(policy, unflat(x, params), episodes, per_task_params=False).reshape(-1),
+        theta)  # [T*E, P]
+    weights = (episodes.mask * episodes.advantages).reshape(-1) / episodes.mask.sum()
+    expected = h_re - torch.einsum("s,sp,sq->pq", weights, scores, scores)
+    torch.testing.assert_close(h_lvc, expected, rtol=1e-9, atol=1e-9)
+    assert float((h_lvc - h_re).abs().max()) > 1e-3
+    value = lvc_loss(policy, params, episodes, per_task_params=False)
+    expected_value = -(episodes.mask * episodes.advantages).sum() / episodes.mask.sum()
+    torch.testing.assert_close(value, expected_value.reshape(1))
+
+
 def test_inner_loop_validation():
     assert InnerLoop(step_sizes=(0.1, 0.05)).num_steps == 2
     with pytest.raises(ValueError, match="batching"):
         InnerLoop(batching="parallel")
+    with pytest.raises(ValueError, match="inner objective 'dice'"):
+        InnerLoop(objective="dice")
     assert InnerLoop(step_sizes=()).num_steps == 0  # no adaptation: the pretrained baseline
     with pytest.raises(ValueError, match="step sizes"):
         InnerLoop(step_sizes=(0.1, 0.0))
