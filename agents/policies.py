@@ -34,12 +34,18 @@ def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+#: The smallest standard deviation a Gaussian policy gives (rllab's ``min_std``).
+MIN_STD = 1e-6
+LOG_MIN_STD = math.log(MIN_STD)
+
+
 class GaussianMLPPolicy(nn.Module):
     """Diagonal Gaussian policy ``pi(a|s) = N(mu_theta(s), diag(exp(log_std))^2)``.
 
     The mean is an MLP (defaults: 2 x 100 ReLU, as in Finn et al. 2017, sec. 5.3); ``log_std``
     is a state-independent learnable vector, adapted in the inner loop like every other
-    parameter.
+    parameter. The standard deviation it gives never falls below :data:`MIN_STD` (as in rllab
+    and pytorch-maml-rl), so a collapsing ``log_std`` cannot overflow the log-probabilities.
     """
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int] = (100, 100),
@@ -54,7 +60,7 @@ class GaussianMLPPolicy(nn.Module):
     def forward(self, obs: Tensor) -> DistParams:
         """``obs [..., obs_dim]`` -> ``(mean [..., A], log_std [..., A])``."""
         mean = self.mean(obs)
-        return mean, self.log_std.expand_as(mean)
+        return mean, self.log_std.clamp(min=LOG_MIN_STD).expand_as(mean)
 
     @staticmethod
     def log_prob(dist: DistParams, actions: Tensor) -> Tensor:

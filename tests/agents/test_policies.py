@@ -13,6 +13,7 @@ from torch import nn
 from torch.distributions import Categorical, Independent, Normal, kl_divergence
 
 from agents.policies import (
+    LOG_MIN_STD,
     CategoricalMLPPolicy,
     GaussianMLPPolicy,
     batched_dist_params,
@@ -57,6 +58,21 @@ def test_gaussian_forward_shapes_and_log_std_broadcast():
     mean, log_std = policy(obs)
     assert mean.shape == log_std.shape == (5, 7, 2)
     torch.testing.assert_close(log_std, policy.log_std.expand(5, 7, 2))
+
+
+def test_a_collapsed_log_std_is_floored_at_the_minimum_std_and_keeps_every_value_finite():
+    policy = _gaussian()
+    with torch.no_grad():
+        policy.log_std.copy_(torch.tensor([-400.0, -1.0], dtype=F64))
+    obs = torch.randn(4, 3, dtype=F64)
+    mean, log_std = policy(obs)
+    assert log_std[:, 0].eq(LOG_MIN_STD).all() and log_std[:, 1].eq(-1.0).all()
+    actions = mean + 0.01
+    dist = (mean, log_std)
+    assert torch.isfinite(policy.log_prob(dist, actions)).all()
+    assert torch.isfinite(policy.kl(dist, (mean + 0.01, log_std))).all()
+    log_std.sum().backward()  # no gradient through the floor, the usual one above it
+    assert policy.log_std.grad.tolist() == [0.0, 4.0]
 
 
 def test_gaussian_log_prob_entropy_kl_match_torch_distributions():
