@@ -29,7 +29,6 @@ The mixin adds, on top of :class:`envs.base.MetaEnv`:
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, Mapping, Sequence
 
 import mujoco

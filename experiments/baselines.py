@@ -337,7 +337,7 @@ def oracle_settings(args: argparse.Namespace, out: Path) -> tuple[int, int, int,
     The oracle is finished when ``oracle.json`` exists (it is written last). ``--resume`` goes
     on from the partial oracle even beside a stray ``oracle.zip`` (a crash while finishing).
     """
-    from agents.sb3 import MIN_TIMESTEPS, check_resumable
+    from agents.sb3 import MIN_TIMESTEPS, check_resumable, rollout_plan
 
     if args.resume and args.force:
         raise UsageError("--resume and --force exclude each other")
@@ -370,6 +370,10 @@ def oracle_settings(args: argparse.Namespace, out: Path) -> tuple[int, int, int,
     n_envs = 4 if args.n_envs is None else args.n_envs
     if n_envs < 1:
         raise UsageError(f"--n-envs must be a positive integer; got {n_envs}")
+    try:
+        rollout_plan(timesteps, n_envs)
+    except ValueError as err:
+        raise UsageError(f"--timesteps {timesteps} with --n-envs {n_envs}: {err}") from None
     seed = 0 if args.seed is None else args.seed
     if seed < 0:
         raise UsageError(f"--seed must be >= 0; got {seed}")

@@ -10,8 +10,8 @@ Usage::
 The protocol is the MAML paper's (Finn et al. 2017, sec. 5.3 / Fig. 5; implemented by
 :func:`meta.evaluation.evaluate_adaptation`): for every held-out task, sample N episodes with
 the current parameters, take one policy-gradient step at ``fast_lr`` (as many as the run
-trained with, if more), further steps at ``fast_lr / 2``, and measure the mean return after 0, 1, ..., K steps, each time on fresh
-episodes. Per agent the result is the mean over tasks with a 95% confidence interval over tasks
+trained with, if more), further steps at ``fast_lr / 2``, and measure the mean return after
+0, 1, ..., K steps, each time on fresh episodes. Per agent the result is the mean over tasks with a 95% confidence interval over tasks
 (Student t). With several ``--seeds``, each task's values are first averaged over the seeds,
 then mean and CI are taken over tasks (so the CI measures the spread between tasks, as with one
 seed, and the number of tasks stays the sample size).

@@ -45,8 +45,8 @@ def t_quantile_975(dof: int) -> float:
     """The 0.975 quantile of Student's t with ``dof`` degrees of freedom (``t_{0.975, dof}``).
 
     Solves ``integral_0^x f(u) du = 0.475`` by bisection, ``f`` the t density, the integral by
-    Simpson's rule on 4,096 intervals: within 1e-6 of the tabulated values (12.706 at 1 degree
-    of freedom, 2.021 at 40, 1.960 in the limit).
+    Simpson's rule on 4,096 intervals, far more precise than the printed tables' 3 decimals
+    (12.706 at 1 degree of freedom, 2.021 at 40, 1.960 in the limit; tested).
     """
     if dof < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {dof}")

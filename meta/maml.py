@@ -109,16 +109,19 @@ def lvc_loss(policy: nn.Module, params: Mapping[str, Tensor], episodes: Episodes
              per_task_params: bool, batching: str = "batched") -> Tensor:
     """ProMP's low-variance curvature objective as a loss (Rothfuss et al. 2019, sec. 5): ``[N]``.
 
-    ``L_i = - sum_{t,e} m_{t,e} (pi(a|s) / stop_grad(pi(a|s))) A_{t,e} / sum_{t,e} m_{t,e}``.
-    Its value is minus the mean advantage and its gradient is :func:`reinforce_loss`'s, so an
-    inner step takes the same parameters. Its Hessian adds ``E[grad log pi grad log pi^T A]`` to
-    REINFORCE's ``E[hess log pi A]``: the curvature term through which the meta-gradient
-    credits the pre-update sampling distribution (ProMP, sec. 5).
+    ``L_i = - sum_{t,e} m_{t,e} (pi(a|s) / pi_old(a|s)) A_{t,e} / sum_{t,e} m_{t,e}``, with
+    ``pi_old`` the policy that sampled the episodes (``episodes.log_probs``), as in ProMP's
+    code: on later PPO epochs the inner step is importance-weighted. At the sampling
+    parameters the ratio is 1, so an inner step takes the parameters :func:`reinforce_loss`
+    takes, but the objective's Hessian adds ``E[grad log pi grad log pi^T A]`` to REINFORCE's
+    ``E[hess log pi A]`` (the loss's subtracts it): the curvature term through which the
+    meta-gradient credits the pre-update sampling distribution.
     """
     if episodes.advantages is None:
         raise ValueError("episodes have no advantages: call meta.maml.with_advantages first")
     logp = log_probs(policy, params, episodes, per_task_params, batching)
-    ratio = torch.exp(logp - logp.detach())  # 1 in value, grad log pi in derivative
+    valid = episodes.mask > 0  # padding may hold anything: keep it out of the exponential
+    ratio = torch.exp(torch.where(valid, logp - episodes.log_probs, 0.0))
     return -weighted_mean(ratio * episodes.advantages, episodes.mask)
 
 
@@ -132,8 +135,9 @@ class InnerLoop:
 
     Attributes:
         step_sizes: one learning rate per inner gradient step (``fast_lr``; evaluation uses
-            ``fast_lr`` then ``fast_lr / 2``). Empty: no adaptation, so the outer loop trains
-            a plain multi-task policy (the ``pretrained`` baseline).
+            ``fast_lr`` for as many steps as training took, then ``fast_lr / 2``). Empty: no
+            adaptation, so the outer loop trains a plain multi-task policy (the ``pretrained``
+            baseline).
         first_order: drop the second-order terms (FOMAML): the inner gradient is treated as a
             constant, so ``d theta' / d theta = I``.
         batching: ``"batched"`` adapts all tasks in one computation (a ``vmap``-ed forward

@@ -333,7 +333,7 @@ def kl_hessian_product(policy: nn.Module, params: Sequence[Tensor], old: DistPar
 
 
 class PPO(OuterOptimizer):
-    """ProMP-style clipped-surrogate outer loop with Adam (see the module docstring)."""
+    """Clipped-surrogate outer loop with Adam; ProMP with the LVC inner loss (module docstring)."""
 
     def __init__(self, policy: nn.Module, inner: InnerLoop, lr: float = 1e-3, epochs: int = 5,
                  clip_eps: float = 0.2, inner_kl_coef: float = 0.0):

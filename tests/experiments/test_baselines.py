@@ -282,6 +282,8 @@ BAD = {
     "negative timesteps": ["oracle", "--preset", NAV, "--timesteps", "-100"],
     "too few timesteps": ["oracle", "--preset", NAV, "--timesteps", "10"],
     "zero envs": ["oracle", "--preset", NAV, "--timesteps", "256", "--n-envs", "0"],
+    "fewer timesteps than envs": ["oracle", "--preset", NAV, "--timesteps", "100", "--n-envs",
+                                  "128"],
     "non-integer timesteps": ["oracle", "--preset", NAV, "--timesteps", "1e3x"],
     "zero iterations": ["pretrained", "--preset", NAV, "--iterations", "0"],
     "bad override": ["pretrained", "--preset", NAV, "maml.meta_batch_size=0"],

@@ -10,7 +10,6 @@ The learning test at the end (``slow``) trains navigation-2d with the CI-sized b
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import math
 import shutil
@@ -168,12 +167,23 @@ def test_step_sizes_are_fast_lr_then_half(run_dir, capsys, monkeypatch):
     np.testing.assert_allclose(doc["agents"]["maml"]["per_task"], manual["per_task"], rtol=1e-5)
 
 
-def test_a_run_trained_with_two_inner_steps_is_evaluated_with_two_full_steps(run_dir):
+def test_a_run_trained_with_two_inner_steps_is_evaluated_with_two_full_steps(run_dir,
+                                                                            monkeypatch):
     run = evaluate.load_run(run_dir)
     assert evaluate.protocol_of(run, 3, None).step_sizes == (FAST_LR, FAST_LR / 2, FAST_LR / 2)
     two = dataclasses.replace(run.cfg, maml=dataclasses.replace(run.cfg.maml, num_inner_steps=2))
     protocol = evaluate.protocol_of(dataclasses.replace(run, cfg=two), 3, None)
     assert protocol.step_sizes == (FAST_LR, FAST_LR, FAST_LR / 2)
+    seen = []  # and the evaluation itself adapts with that schedule, not only the JSON's record
+    real = meta.evaluation.InnerLoop
+
+    def recording(sizes, *args, **kwargs):
+        seen.append(tuple(sizes))
+        return real(sizes, *args, **kwargs)
+
+    monkeypatch.setattr(meta.evaluation, "InnerLoop", recording)
+    evaluate.adaptation_curve(run.policy, get_split("navigation-2d", "test")[:2], protocol, 0)
+    assert seen == [protocol.step_sizes]
 
 
 def test_same_seed_same_result_different_seed_different(run_dir, capsys):

@@ -440,17 +440,33 @@ def test_zero_inner_steps_give_every_task_the_base_parameters():
 
 
 # --- (f') ProMP's LVC inner loss -----------------------------------------------------------------
+def sampled_by(policy, params, episodes: Episodes, per_task_params: bool = False) -> Episodes:
+    """``episodes`` with the log-probabilities of the policy at ``params``, as if it sampled them."""
+    with torch.no_grad():
+        logp = log_probs(policy, params, episodes, per_task_params)
+    return dataclasses.replace(episodes, log_probs=torch.where(episodes.mask > 0, logp, 0.0))
+
+
+def on_policy_batches(policy, params, inner: InnerLoop):
+    """Two inner steps' episodes, the second as if sampled by the once-adapted parameters."""
+    train, valid = batches(2)
+    first = sampled_by(policy, params, train[0])
+    one_step = dataclasses.replace(inner, step_sizes=inner.step_sizes[:1])
+    once = adapt(policy, params, [first], one_step, create_graph=False)
+    return [first, sampled_by(policy, once, train[1], per_task_params=True)], valid
+
+
 @pytest.mark.parametrize("batching", ["batched", "loop"])
-def test_lvc_takes_the_same_inner_steps_but_gives_another_meta_gradient(batching):
+def test_lvc_takes_the_same_inner_steps_on_policy_but_gives_another_meta_gradient(batching):
     policy = make_policy()
     params = base_params(policy)
-    train, valid = batches(2)
     reinforce = InnerLoop((ALPHA, ALPHA / 2), batching=batching)
     lvc = dataclasses.replace(reinforce, objective="lvc")
+    train, valid = on_policy_batches(policy, params, reinforce)
     a = adapt(policy, params, train, reinforce, create_graph=False)
     b = adapt(policy, params, train, lvc, create_graph=False)
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(a[k], b[k], rtol=1e-9, atol=1e-10)  # up to rounding
     g_reinforce = meta_gradient(policy, params, train, valid, reinforce)
     g_lvc = meta_gradient(policy, params, train, valid, lvc)
     assert rel_err(g_lvc, g_reinforce) > 1e-3  # the curvature term changes it
@@ -460,12 +476,13 @@ def test_lvc_takes_the_same_inner_steps_but_gives_another_meta_gradient(batching
                                              dataclasses.replace(reinforce, first_order=True)))
 
 
-def test_lvc_hessian_is_reinforces_plus_the_advantage_weighted_score_outer_product():
-    """ProMP sec. 5: hess L_LVC = hess L_RE - sum_t m_t A_t g_t g_t^T / sum_t m_t, g_t = grad
-    log pi(a_t|s_t), for one task."""
+def test_lvc_hessian_is_reinforces_minus_the_advantage_weighted_score_outer_product():
+    """ProMP sec. 5, for the loss (minus the objective): hess L_LVC = hess L_RE
+    - sum_t m_t A_t g_t g_t^T / sum_t m_t, g_t = grad log pi(a_t|s_t), for one task sampled by
+    the policy at the point of evaluation."""
     policy = make_policy()
     params = base_params(policy)
-    episodes = make_episodes(3).task(0)
+    episodes = sampled_by(policy, params, make_episodes(3).task(0))
     theta = flat(params).detach()
 
     def loss(fn):
@@ -483,6 +500,27 @@ def test_lvc_hessian_is_reinforces_plus_the_advantage_weighted_score_outer_produ
     value = lvc_loss(policy, params, episodes, per_task_params=False)
     expected_value = -(episodes.mask * episodes.advantages).sum() / episodes.mask.sum()
     torch.testing.assert_close(value, expected_value.reshape(1))
+
+
+def test_lvc_off_policy_is_the_importance_weighted_policy_gradient():
+    """Away from the sampling parameters (a later PPO epoch), ProMP's inner gradient weights
+    each step by pi / pi_old; padding, whatever it holds, stays out."""
+    policy = make_policy()
+    sampler = base_params(policy)
+    episodes = sampled_by(policy, sampler, make_episodes(4).task(1))
+    episodes = dataclasses.replace(episodes, log_probs=torch.where(
+        episodes.mask > 0, episodes.log_probs, torch.tensor(-1e4, dtype=F64)))  # junk padding
+    moved = {k: (v + 0.05 * torch.randn_like(v)).detach().requires_grad_()
+             for k, v in sampler.items()}
+    (grad,) = [flat(dict(zip(moved, torch.autograd.grad(
+        lvc_loss(policy, moved, episodes, per_task_params=False).sum(), list(moved.values())))))]
+    logp = log_probs(policy, moved, episodes, per_task_params=False)
+    w = torch.where(episodes.mask > 0, torch.exp(logp - episodes.log_probs), 0.0).detach()
+    weighted = -(w * logp * episodes.advantages * episodes.mask).sum() / episodes.mask.sum()
+    expected = flat(dict(zip(moved, torch.autograd.grad(weighted, list(moved.values())))))
+    torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
+    assert torch.isfinite(grad).all()
+    assert float(w[episodes.mask > 0].sub(1).abs().max()) > 1e-2  # really off-policy
 
 
 def test_inner_loop_validation():
