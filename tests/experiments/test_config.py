@@ -377,3 +377,13 @@ def test_unknown_preset_lists_the_known_ones():
         get_preset("tiny")
     for name in PRESETS:
         assert name in str(err.value)
+
+
+def test_the_configs_choice_lists_are_those_of_the_code_they_configure():
+    """experiments/config.py imports nothing of the package, so it keeps copies: in step."""
+    from experiments import config as cfglib
+    from meta import maml, outer
+
+    assert cfglib.INNER_OBJECTIVES == maml.INNER_OBJECTIVES
+    assert cfglib.FISHER == outer.FISHER
+    assert set(cfglib.INNER_BATCHING) == {"auto", *maml.BATCHING}
