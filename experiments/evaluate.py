@@ -4,8 +4,8 @@ Usage::
 
     adaptbed evaluate RUN_DIR [--split test|ood|FILE.json] [--inner-steps K]
                       [--episodes-per-step N] [--seeds S ...] [--baselines pretrained,random,ppo,oracle,stand_still]
-                      [--baseline-dir DIR] [--ppo-budgets 1,10,100] [--checkpoint best|latest]
-                      [--max-tasks M] [--quiet]
+                      [--baseline-dir DIR] [--ppo-budgets 1,10,100]
+                      [--checkpoint latest|best|iteration-<k>] [--max-tasks M] [--add] [--quiet]
 
 The protocol is the MAML paper's (Finn et al. 2017, sec. 5.3 / Fig. 5; implemented by
 :func:`meta.evaluation.evaluate_adaptation`): for every held-out task, sample N episodes with
@@ -18,7 +18,7 @@ seed, and the number of tasks stays the sample size).
 
 Agents:
 
-* ``maml``: the run's policy (``--checkpoint``, default ``latest``);
+* ``maml``: the run's policy (``--checkpoint latest|best|iteration-<k>``, default ``latest``);
 * ``random``: a freshly initialised policy of the same architecture (``torch.manual_seed(
   RANDOM_INIT_SEED + seed)``), fine-tuned the same way;
 * ``pretrained``: the multi-task policy of ``adaptbed baseline pretrained`` (a run trained
@@ -40,7 +40,9 @@ through its ``tasks`` list).
 
 Outputs, in ``RUN_DIR/eval/`` (written atomically): ``<split>.json`` (the schema below),
 ``<split>.csv`` (agent, step, mean, ci95), ``<split>.png`` (the plot) and TensorBoard scalars
-``eval/<split>/<agent>`` (x = number of gradient steps) in ``RUN_DIR/tb``::
+``eval/<split>/<agent>`` (x = number of gradient steps) in ``RUN_DIR/tb``. Those are the
+latest checkpoint's; another checkpoint's files and tags are named ``<split>-best``,
+``<split>-iteration-<k>`` (:func:`output_stem`)::
 
     {"split": "test", "family": "Navigation2D", "tasks": [{"goal": [0.1, -0.3]}, ...],
      "agents": {"maml": {"steps": [0, 1, 2, 3], "mean": [...], "ci95": [...],
@@ -91,8 +93,8 @@ ppo trains PPO from scratch per task with K*N*horizon env steps (times each --pp
 multiple; reported at step K only); oracle is one PPO policy that observes the task, and
 stand_still the all-zero action (flat references).
 With several --seeds, per-task values are averaged over seeds, then mean and 95% CI are
-taken over tasks. Results: RUN_DIR/eval/<split>.{json,csv,png} (<split>-iteration-<k>.* for
-a kept checkpoint), TensorBoard eval/<split>/<agent>."""
+taken over tasks. Results: RUN_DIR/eval/<split>.{json,csv,png} for the latest checkpoint,
+<split>-best.* and <split>-iteration-<k>.* for the others; TensorBoard eval/<stem>/<agent>."""
 USER_ERRORS = (RunDirError, cfglib.ConfigError, TaskError, UnknownFamilyError)
 
 
@@ -558,7 +560,8 @@ def csv_text(agents: dict[str, dict]) -> str:
 
 
 def write_tensorboard(tb_dir: Path, split: str, agents: dict[str, dict]) -> None:
-    """Scalars ``eval/<split>/<agent>`` with x = number of gradient steps."""
+    """Scalars ``eval/<split>/<agent>`` with x = number of gradient steps (``split``: the
+    evaluation's :func:`output_stem`)."""
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(tb_dir))
@@ -571,9 +574,10 @@ def write_tensorboard(tb_dir: Path, split: str, agents: dict[str, dict]) -> None
 
 
 def output_stem(split: str, checkpoint: str) -> str:
-    """The name of an evaluation's files: ``<split>``, or ``<split>-iteration-<k>`` for a kept
-    checkpoint, so that evaluating one never replaces the evaluation of the latest."""
-    return f"{split}-{checkpoint}" if checkpoint.startswith("iteration-") else split
+    """The name of an evaluation's files: ``<split>`` for the latest checkpoint, else
+    ``<split>-<checkpoint>`` (``test-best``, ``test-iteration-<k>``), so that evaluating another
+    checkpoint never replaces the evaluation of the latest."""
+    return split if checkpoint == "latest" else f"{split}-{checkpoint}"
 
 
 def write_outputs(run_dir: Path, doc: dict, tensorboard_agents: Sequence[str] | None = None
@@ -621,7 +625,8 @@ def parser() -> Parser:
     p.add_argument("--max-tasks", type=int,
                    help="evaluate only the first M tasks of the split (quick checks)")
     p.add_argument("--add", action="store_true",
-                   help="keep the agents of the existing eval/<split>.json and add (or "
+                   help="keep the agents of the checkpoint's existing eval/<split>.json (or "
+                        "<split>-best.json, ...) and add (or "
                         "replace) the ones evaluated now (maml is always re-evaluated: same "
                         "numbers); refused if that file used another protocol (split, tasks, "
                         "seeds, horizon, checkpoint name / iteration / file hash, K, N, step "

@@ -79,8 +79,11 @@ def _style_axes(ax: Any, steps: Sequence[int], title: str) -> None:
 
 
 def _title(doc: Mapping[str, Any]) -> str:
+    """``Family: split split (n tasks)``, and the checkpoint where it is not the latest."""
     family = doc.get("family", "")
-    return f"{family}: {doc['split']} split ({len(doc['tasks'])} tasks)".strip(": ")
+    title = f"{family}: {doc['split']} split ({len(doc['tasks'])} tasks)".strip(": ")
+    checkpoint = doc.get("checkpoint", "latest")
+    return title if checkpoint == "latest" else f"{title}, checkpoint {checkpoint}"
 
 
 def evaluation_figure(doc: Mapping[str, Any]) -> Figure:
@@ -215,6 +218,9 @@ def _figure(args: Any) -> tuple[Figure, Path]:
     if len(families) > 1:
         raise RunDirError(f"the runs are of different task families ({', '.join(sorted(map(str, families)))}); "
                           "overlay runs of one family")
+    if any(doc["tasks"] != docs[0]["tasks"] for doc in docs):
+        raise RunDirError(f"the runs' eval/{args.split}.json were evaluated on different tasks "
+                          "(another split file or --max-tasks); evaluate them on the same ones")
     return overlay_figure(list(zip(labels, docs))), Path(f"compare-{args.split}.png")
 
 

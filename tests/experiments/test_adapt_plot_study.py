@@ -200,6 +200,20 @@ def test_plot_overlays_the_maml_curves_of_two_runs(run_dir, tmp_path, capsys):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rc = plot.main([str(run_dir), str(tmp_path), "--out", str(out)])
     one_line_error(rc, capsys.readouterr().err, "plot", "adaptbed evaluate")
+    # curves of different tasks are not overlaid under one title
+    assert evaluate.main([str(other), "--inner-steps", "2", "--max-tasks", "3", "--quiet"]) == 0
+    capsys.readouterr()
+    rc = plot.main([str(run_dir), str(other), "--out", str(out)])
+    one_line_error(rc, capsys.readouterr().err, "plot", "different tasks")
+
+
+def test_plot_titles_name_a_checkpoint_other_than_the_latest():
+    doc = {"family": "Navigation2D", "split": "test", "tasks": [{}, {}],
+           "agents": {"maml": {"steps": [0, 1], "mean": [-3.0, -2.0], "ci95": [0.5, 0.4],
+                               "kind": "curve"}}}
+    assert plot.evaluation_figure(doc).axes[0].get_title() == "Navigation2D: test split (2 tasks)"
+    best = plot.evaluation_figure({**doc, "checkpoint": "best"}).axes[0].get_title()
+    assert best == "Navigation2D: test split (2 tasks), checkpoint best"
 
 
 # --- study ---------------------------------------------------------------------------------------

@@ -227,7 +227,7 @@ def test_add_keeps_the_agents_already_evaluated_with_the_same_protocol(run_dir, 
     assert read_doc(run_dir) == added  # refused before evaluating: nothing written
 
 
-def test_kept_checkpoints_are_evaluated_into_their_own_files(tmp_path, capsys):
+def test_other_checkpoints_are_evaluated_into_their_own_files(tmp_path, capsys):
     run = train_tiny(tmp_path / "run", ["run.keep_every=1"])
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert {"iteration-1.pt", "iteration-2.pt", "latest.pt"} <= set(names)
@@ -242,6 +242,11 @@ def test_kept_checkpoints_are_evaluated_into_their_own_files(tmp_path, capsys):
     assert latest["checkpoint_iteration"] == 2 and read_doc(run) == latest  # left alone
     assert kept["agents"]["maml"]["per_task"] != latest["agents"]["maml"]["per_task"]
     assert "test-iteration-1.json" in out
+    rc, out, err = run_evaluate(capsys, run, "--checkpoint", "best", "--max-tasks", 2,
+                                "--inner-steps", 1, "--quiet")
+    assert rc == 0, err
+    assert read_doc(run, "test-best")["checkpoint"] == "best" and "test-best.json" in out
+    assert read_doc(run) == latest  # the best checkpoint's evaluation has its own files too
     rc, _, err = run_evaluate(capsys, run, "--checkpoint", "iteration-7")
     assert_one_line_error(rc, err, "iteration-7.pt")
 
