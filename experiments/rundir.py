@@ -5,10 +5,13 @@ Layout::
     RUN_DIR/
       config.json            resolved config + package versions + git commit
       progress.csv           one row per meta-iteration (mirrors the TensorBoard scalars)
+      timing.csv             one row per meta-iteration: the wall-clock scalars
       tb/                    TensorBoard event files
       checkpoints/latest.pt  policy, outer-optimizer state, iteration, env steps, ...
-      checkpoints/best.pt    the same, for the best post-adaptation return so far
+      checkpoints/best.pt    the parameters that sampled the best post-adaptation return so far
+                             (before that iteration's outer step)
       checkpoints/previous.pt  the checkpoint latest.pt replaced (a fallback if it is damaged)
+      checkpoints/iteration-<k>.pt  kept every run.keep_every iterations
       eval/                  evaluation results
 """
 
@@ -37,11 +40,37 @@ class RunDirError(ValueError):
     """A run directory that cannot be used as asked (one-line message)."""
 
 
+def _file_mode() -> int:
+    """The mode ``open`` gives a new file under the current umask (e.g. 0644 for 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the renames in ``folder`` durable (best effort: not every system can)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename: all or nothing."""
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename: all or nothing.
+
+    The file gets the mode a plain ``open`` would (the umask's), not ``mkstemp``'s 0600, so
+    that other users and tools can read results as they can the CSV logs.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -51,6 +80,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    fsync_dir(path.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -65,17 +95,29 @@ def save_checkpoint(path: Path, state: Mapping[str, Any], keep_previous: bool = 
 
     With ``keep_previous`` the checkpoint being replaced is kept as ``previous.pt`` beside it,
     so a checkpoint damaged after it was written still leaves a good one to resume from.
+    ``path`` exists at every moment: the old file is linked (or copied) to ``previous.pt``
+    first, then the new one renamed over it, so a crash in between loses nothing.
     """
     buffer = io.BytesIO()
     torch.save({"version": CHECKPOINT_VERSION, **state}, buffer)
     payload = buffer.getvalue()
     data = CHECKPOINT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
     if keep_previous and path.exists():
-        atomic_write_bytes(path.with_name(".incoming-" + path.name), data)
-        os.replace(path, path.with_name("previous.pt"))
-        os.replace(path.with_name(".incoming-" + path.name), path)
-    else:
-        atomic_write_bytes(path, data)
+        _keep_as_previous(path)
+    atomic_write_bytes(path, data)
+
+
+def _keep_as_previous(path: Path) -> None:
+    """``previous.pt`` := the current ``path``, atomically, leaving ``path`` in place."""
+    previous = path.with_name("previous.pt")
+    staged = path.with_name(".staged-previous.pt")
+    staged.unlink(missing_ok=True)
+    try:
+        os.link(path, staged)  # a second name for the same file: nothing copied
+    except OSError:  # a file system without hard links
+        atomic_write_bytes(previous, path.read_bytes())
+        return
+    os.replace(staged, previous)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -94,10 +136,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if hashlib.sha256(payload).hexdigest() != digest:
         raise RunDirError(f"checkpoint {path} is corrupted (checksum mismatch)")
     try:
-        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+        # tensors and plain containers only: unpickling a checkpoint runs no code
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means unusable
         raise RunDirError(f"checkpoint {path} is unreadable ({type(err).__name__})") from None
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+    if not isinstance(state, dict):
+        raise RunDirError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint")
+    if state.get("version") != CHECKPOINT_VERSION:
         raise RunDirError(f"checkpoint {path} has format version {state.get('version')!r}; "
                           f"this adaptbed reads version {CHECKPOINT_VERSION}")
     return state

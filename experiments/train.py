@@ -152,15 +152,18 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
             metrics = summarize(metrics, parts.inner.num_steps, env_steps,
                                 time.perf_counter() - started)
             logger.log(iteration, metrics)
-            post = metrics[f"return_step_{parts.inner.num_steps}"]
+            post = metrics[f"return_step_{parts.inner.num_steps}"]  # sampled with `good`
+            if post > best:  # NaN (failed sampling) never is
+                best = post
+                # the parameters that earned it: those before this iteration's outer step
+                save_checkpoint(run_dir / "checkpoints" / "best.pt",
+                                {"policy": good[0], "outer": good[1], "iteration": iteration,
+                                 "env_steps": env_steps, "best_return": best,
+                                 "metrics": metrics})
             state = {"policy": parts.policy.state_dict(), "outer": parts.outer.state_dict(),
-                     "iteration": iteration + 1, "env_steps": env_steps,
-                     "best_return": best if fault else max(best, post),
+                     "iteration": iteration + 1, "env_steps": env_steps, "best_return": best,
                      "rejected_steps": rejected, "consecutive_failures": failures,
                      "metrics": metrics}
-            if post > best and not fault:
-                best = post
-                save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
             last = iteration + 1 == cfg.run.iterations
             stopping = stop.requested  # read once: checkpoint and stop on the same answer
             if (iteration + 1) % cfg.run.checkpoint_every == 0 or last or stopping:

@@ -67,6 +67,67 @@ def test_truncated_checkpoint_is_detected(tmp_path):
         load_checkpoint(latest)
 
 
+def test_a_crash_while_replacing_latest_leaves_the_old_latest_in_place(tmp_path, monkeypatch):
+    import experiments.rundir as rundir
+
+    path = tmp_path / "latest.pt"
+    rundir.save_checkpoint(path, {"iteration": 1}, keep_previous=True)
+    rundir.save_checkpoint(path, {"iteration": 2}, keep_previous=True)
+    assert load_checkpoint(path)["iteration"] == 2
+    assert load_checkpoint(tmp_path / "previous.pt")["iteration"] == 1
+
+    def killed(*args, **kwargs):  # the process dies before the new file is in place
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rundir, "atomic_write_bytes", killed)
+    with pytest.raises(KeyboardInterrupt):
+        rundir.save_checkpoint(path, {"iteration": 3}, keep_previous=True)
+    assert load_checkpoint(path)["iteration"] == 2  # never without a latest.pt
+    assert load_checkpoint(tmp_path / "previous.pt")["iteration"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt", "previous.pt"]
+
+
+def test_results_are_written_with_the_umask_s_mode_not_0600(tmp_path):
+    import os
+
+    from experiments.rundir import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "b.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_checkpoint_that_would_run_code_when_loaded_is_refused(tmp_path, capsys):
+    import hashlib
+    import io
+
+    from experiments.rundir import CHECKPOINT_MAGIC
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this ran while loading",))
+
+    def write(path, state):
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        payload = buffer.getvalue()
+        path.write_bytes(CHECKPOINT_MAGIC + hashlib.sha256(payload).hexdigest().encode()
+                         + b"\n" + payload)
+
+    write(tmp_path / "plain.pt", {"version": 1, "policy": {"w": torch.zeros(2)}})
+    assert load_checkpoint(tmp_path / "plain.pt")["policy"]["w"].shape == (2,)
+    write(tmp_path / "latest.pt", {"version": 1, "policy": Payload()})
+    with pytest.raises(RunDirError, match="unreadable"):
+        load_checkpoint(tmp_path / "latest.pt")
+    assert "this ran" not in capsys.readouterr().out
+
+
 def test_config_of_another_format_is_refused_with_the_reason(tmp_path, capsys):
     run(tmp_path, "run.iterations=1")
     doc = json.loads((tmp_path / "config.json").read_text())

@@ -198,10 +198,30 @@ def test_run_writes_every_artifact(reference):
     assert latest["iteration"] == N_REF and latest["env_steps"] == steps[-1]
     assert latest["best_return"] == max(post)
     best_at = post.index(max(post))
-    assert best["iteration"] == best_at + 1 and best["env_steps"] == steps[best_at]
+    assert best["iteration"] == best_at and best["env_steps"] == steps[best_at]
     assert best["best_return"] == max(post)
     policy = build_policy(cfg, *_navigation_spaces())
     policy.load_state_dict(latest["policy"])  # the checkpoint fits the configured policy
+
+
+def test_best_checkpoint_holds_the_parameters_that_earned_the_best_return(tmp_path):
+    """The return after adaptation of iteration i is sampled with the parameters before
+    iteration i's outer step: best.pt must hold those, not the stepped ones."""
+    run_dir = tmp_path / "run"
+    tiny_run(run_dir, 4, "run.keep_every=1")
+    _, rows = read_csv(run_dir / "progress.csv")
+    post = [float(r["return_step_1"]) for r in rows]
+    best_at = post.index(max(post))
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert best["iteration"] == best_at and best["best_return"] == max(post)
+    if best_at == 0:  # the initial policy, rebuilt from the seed
+        cfg = cfglib.from_dict(json.loads((run_dir / "config.json").read_text())["config"])
+        before = build_policy(cfg, *_navigation_spaces()).state_dict()
+    else:
+        before = load_checkpoint(run_dir / "checkpoints" / f"iteration-{best_at}.pt")["policy"]
+    after = load_checkpoint(run_dir / "checkpoints" / f"iteration-{best_at + 1}.pt")["policy"]
+    assert all(torch.equal(best["policy"][k], before[k]) for k in before)
+    assert not all(torch.equal(best["policy"][k], after[k]) for k in after)
 
 
 def _navigation_spaces():
