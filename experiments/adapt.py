@@ -31,7 +31,7 @@ from envs.registry import make
 from envs.tasks import TaskError, task_from_dict, task_to_dict
 from envs.vector import make_vector_env
 from experiments import config as cfglib
-from experiments.cliutil import Parser
+from experiments.cliutil import Parser, seed as seed_arg
 from experiments.evaluate import (DEFAULT_INNER_STEPS, USER_ERRORS, LoadedRun, Protocol,
                                   available_device, checkpoint_name, load_run, policy_from_state,
                                   protocol_of)
@@ -166,7 +166,7 @@ def parser() -> Parser:
                    help=f"adaptation steps K (default {DEFAULT_INNER_STEPS})")
     p.add_argument("--episodes-per-step", type=int,
                    help="episodes per step (default: the run's maml.episodes_per_task)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--checkpoint", default="latest", type=checkpoint_name,
                    help="latest (default), best, or iteration-<k> (kept by run.keep_every)")
     return p

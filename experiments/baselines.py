@@ -33,6 +33,7 @@ from torch import nn
 from agents.policies import make_policy
 from envs.registry import family, make
 from experiments import config as cfglib
+from experiments.cliutil import seed as seed_arg
 from experiments.presets import get_preset
 from experiments.rundir import (RunDirError, atomic_write_bytes, atomic_write_text,
                                 environment_info, load_checkpoint, read_json)
@@ -439,7 +440,7 @@ def parser() -> argparse.ArgumentParser:
                     "appended to the observation; saves oracle.zip and oracle.json.")
     for s in (pre, ora):
         s.add_argument("--preset", required=True, help="preset (task family), e.g. navigation-2d")
-        s.add_argument("--seed", type=int, help="seed (default: the preset's, 0)")
+        s.add_argument("--seed", type=seed_arg, help="seed (default: the preset's, 0)")
         s.add_argument("--out", help="output folder (default runs/baselines/<preset>/<baseline>)")
         s.add_argument("--force", action="store_true", help="replace an existing output")
         s.add_argument("--quiet", action="store_true", help="no progress on stderr")

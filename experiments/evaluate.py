@@ -76,7 +76,7 @@ from envs.splits import get_split, split_from_json
 from envs.tasks import TaskError, task_to_dict
 from envs.vector import make_vector_env
 from experiments import config as cfglib
-from experiments.cliutil import Parser
+from experiments.cliutil import Parser, seed as seed_arg
 from experiments.rundir import (RunDirError, atomic_write_bytes, atomic_write_text,
                                 load_checkpoint, read_json)
 from experiments.train import AUTO_BATCHING, build_policy
@@ -611,7 +611,7 @@ def parser() -> Parser:
     p.add_argument("--episodes-per-step", type=int,
                    help="episodes N sampled per step and task (default: the run's "
                         "maml.episodes_per_task)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+    p.add_argument("--seeds", type=seed_arg, nargs="+", default=[0],
                    help="evaluation seeds; per-task values are averaged over them (default 0)")
     p.add_argument("--baselines", default="",
                    help=f"comma-separated, any of {','.join(BASELINES)} (default none)")

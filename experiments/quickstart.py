@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from experiments.cliutil import Parser
+from experiments.cliutil import Parser, seed as seed_arg
 from envs.registry import make
 from envs.tasks import task_to_dict
 from envs.splits import get_split
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = Parser(prog="adaptbed quickstart", description=__doc__)
     p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
                    help=f"meta-iterations (default {DEFAULT_ITERATIONS}, 2-3 minutes on 2 cores)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--run-dir", default="", help="default runs/quickstart-s<seed>-<time>")
     p.add_argument("--inner-steps", type=int, default=3, help="adaptation steps evaluated (K)")
     p.add_argument("--quiet", action="store_true")

@@ -41,7 +41,7 @@ from envs.tasks import task_to_dict
 from envs.vector import make_vector_env
 from experiments import config as cfglib
 from experiments.adapt import POLICY_FILE, load_adapted, parse_task
-from experiments.cliutil import Parser
+from experiments.cliutil import Parser, seed as seed_arg
 from experiments.evaluate import USER_ERRORS, checkpoint_name, load_run
 from experiments.rundir import RunDirError, atomic_write_bytes
 from meta.evaluation import ci95
@@ -192,7 +192,7 @@ def parser() -> Parser:
     p.add_argument("--task", help="the task as JSON (required for a run directory; default for "
                                   "an adapted policy: the task it was adapted to)")
     p.add_argument("--episodes", type=int, default=10, help="episodes to average (default 10)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--video", type=Path, metavar="FILE", help="render one episode to FILE.gif/.mp4")
     p.add_argument("--video-steps", type=int, metavar="N",
                    help="render only the first N steps (default: the whole episode; software "

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from experiments.cliutil import Parser
+from experiments.cliutil import Parser, seed as seed_arg
 from agents.policies import Params, mlp
 from meta.maml import detached, gradient_descent
 
@@ -310,9 +310,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "and compare fine-tuning curves on held-out sine tasks.")
     parser.add_argument("--iterations", type=int, default=defaults.iterations,
                         help=f"outer iterations for MAML and for pretraining ({defaults.iterations})")
-    parser.add_argument("--seed", type=int, default=defaults.seed,
+    parser.add_argument("--seed", type=seed_arg, default=defaults.seed,
                         help="seed of initialisation and training data")
-    parser.add_argument("--eval-seed", type=int, default=defaults.eval_seed,
+    parser.add_argument("--eval-seed", type=seed_arg, default=defaults.eval_seed,
                         help="seed of the held-out tasks")
     parser.add_argument("--eval-tasks", type=int, default=defaults.eval_tasks,
                         help=f"held-out tasks ({defaults.eval_tasks})")

@@ -43,7 +43,7 @@ import numpy as np
 from envs.registry import make
 from envs.tasks import TaskError
 from experiments import config as cfglib
-from experiments.cliutil import Parser
+from experiments.cliutil import Parser, seed as seed_arg
 from experiments.evaluate import summarize
 from experiments.plot import agent_label, evaluation_figure, read_evaluation, save_png
 from experiments.presets import get_preset
@@ -207,7 +207,7 @@ def parser() -> Parser:
                     "on the held-out splits and write a Markdown report.",
         epilog="Re-running the same command reuses finished runs and baselines.")
     p.add_argument("--preset", required=True, help="preset (task family), e.g. navigation-2d")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default 0 1 2")
+    p.add_argument("--seeds", type=seed_arg, nargs="+", default=[0, 1, 2], help="default 0 1 2")
     p.add_argument("--iterations", type=int, help="MAML meta-iterations (default: the preset's)")
     p.add_argument("--baseline-iterations", type=int,
                    help="iterations of the pretrained baseline (default: --iterations)")
@@ -221,7 +221,7 @@ def parser() -> Parser:
                    help="default pretrained,random,ppo,oracle")
     p.add_argument("--ppo-budgets", default="1", help="PPO budget multiples (default 1)")
     p.add_argument("--max-tasks", type=int, help="evaluate the first M tasks of each split only")
-    p.add_argument("--eval-seed", type=int, default=0, help="evaluation seed (default 0)")
+    p.add_argument("--eval-seed", type=seed_arg, default=0, help="evaluation seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides for MAML and the pretrained baseline")

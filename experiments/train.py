@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from experiments.cliutil import Parser
+from experiments.cliutil import Parser, seed as seed_arg
 from agents.policies import make_policy
 from envs.registry import family, make
 from envs.vector import TaskVectorEnv, make_vector_env
@@ -391,9 +391,10 @@ def parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
         description="Meta-train a policy with MAML on a task family.",
         epilog=cfglib.help_text(shown) + f"\n\nThe defaults shown are the {preset} preset's; "
                "`adaptbed train --preset NAME --help` shows another preset's.")
-    p.add_argument("--preset", default=DEFAULT_PRESET,
-                   help="preset name (one per task family; see `adaptbed envs`)")
-    p.add_argument("--seed", type=int, help="run.seed")
+    p.add_argument("--preset", default=None,
+                   help=f"preset name (one per task family; see `adaptbed envs`; default "
+                        f"{DEFAULT_PRESET}); not with --resume")
+    p.add_argument("--seed", type=seed_arg, help="run.seed")
     p.add_argument("--device", help="run.device: cpu or cuda")
     p.add_argument("--iterations", type=int, help="run.iterations")
     p.add_argument("--run-dir", help="run.run_dir (default runs/<preset>-s<seed>-<time>)")
@@ -425,12 +426,23 @@ def resolve(args: argparse.Namespace) -> tuple[cfglib.Config, Path]:
         saved = cfglib.from_dict(doc["config"])
         changeable = [f for f in flags if f.split("=")[0] in
                       ("run.iterations", "run.quiet", "run.device", "run.run_dir")]
-        if args.overrides or len(changeable) != len(flags):
-            raise RunDirError("a resumed run keeps its config: only --iterations, --device and "
-                              "--quiet may be given with --resume")
-        cfg = cfglib.apply_overrides(saved, changeable)
+        if args.overrides or len(changeable) != len(flags) or args.preset is not None:
+            raise RunDirError("a resumed run keeps its config (preset and overrides "
+                              "included): only --iterations, --device and --quiet may be "
+                              "given with --resume")
+        # --quiet holds for this invocation only: a later resume without it shows progress
+        cfg = cfglib.apply_overrides(saved, [f"run.quiet={str(args.quiet).lower()}",
+                                             *changeable])
+        if saved.run.device == "cuda" and args.device is None:
+            try:
+                cfglib.validate(cfg)
+            except cfglib.ConfigError:
+                raise RunDirError("this run was last trained with run.device=cuda (its "
+                                  "config.json) and no CUDA GPU is available here; pass "
+                                  "--device cpu to continue it on the CPU") from None
     else:
-        cfg = cfglib.apply_overrides(get_preset(args.preset), [*args.overrides, *flags])
+        cfg = cfglib.apply_overrides(get_preset(args.preset or DEFAULT_PRESET),
+                                     [*args.overrides, *flags])
     cfglib.validate(cfg)
     if not cfg.run.run_dir:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -438,10 +450,20 @@ def resolve(args: argparse.Namespace) -> tuple[cfglib.Config, Path]:
     return cfg, Path(cfg.run.run_dir)
 
 
-def prepare_run_dir(cfg: cfglib.Config, run_dir: Path, resume: bool) -> None:
-    """Create ``run_dir`` and write ``config.json``; refuse to overwrite a different run."""
+def prepare_run_dir(cfg: cfglib.Config, run_dir: Path, resume: bool,
+                    resumed_at: int | None = None) -> None:
+    """Create ``run_dir`` and write ``config.json``; refuse to overwrite a different run.
+
+    A resume (``resumed_at``: the checkpoint's iteration) keeps the ``environment`` the run
+    started with (its commit and package versions) and appends the resuming one, with the
+    iteration and time, to the list ``resumes``.
+    """
     config_path = run_dir / "config.json"
     if config_path.exists() and not resume:
+        checkpoints = run_dir / "checkpoints"
+        if not any((checkpoints / name).exists() for name in ("latest.pt", "previous.pt")):
+            raise RunDirError(f"{run_dir} holds a run that stopped before its first checkpoint "
+                              "(nothing to resume); delete it or choose another --run-dir")
         raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or "
                           "choose another --run-dir")
     try:
@@ -451,20 +473,32 @@ def prepare_run_dir(cfg: cfglib.Config, run_dir: Path, resume: bool) -> None:
     doc = {"format": CONFIG_FORMAT, "config": cfglib.to_dict(cfg),
            "environment": environment_info(),
            "family": family(cfg.env.family).env_id}
+    if resume and config_path.exists():
+        previous = read_json(config_path)
+        doc["environment"] = previous.get("environment", doc["environment"])
+        doc["resumes"] = [*previous.get("resumes", []),
+                          {"iteration": resumed_at, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                           "environment": environment_info()}]
     atomic_write_text(config_path, json.dumps(doc, indent=2))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser(preset_in(argv) or DEFAULT_PRESET).parse_args(argv)
+    done = None
     try:
         cfg, run_dir = resolve(args)
         if args.resume:  # no usable checkpoint: a one-line error, not a traceback
-            load_latest_checkpoint(run_dir / "checkpoints")
-        prepare_run_dir(cfg, run_dir, args.resume)
+            done = resumable_state(run_dir, cfg)
+        prepare_run_dir(cfg, run_dir, args.resume, None if done is None else done["iteration"])
     except (cfglib.ConfigError, RunDirError) as err:
         print(f"adaptbed train: error: {err}", file=sys.stderr)
         return 2
+    if done is not None and done["iteration"] == cfg.run.iterations:
+        print(f"adaptbed train: {run_dir} has already completed its {cfg.run.iterations} "
+              "iterations; pass a larger --iterations to continue it", file=sys.stderr)
+        print_result(run_dir, done.get("metrics", {}), cfg.maml.num_inner_steps)
+        return 0
     if not cfg.run.quiet:
         print(f"run directory: {run_dir}   (tensorboard --logdir {run_dir / 'tb'})",
               file=sys.stderr)
@@ -476,11 +510,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingStopped as stopped:
         print(f"adaptbed train: {stopped}", file=sys.stderr)
         return stopped.exit_code
-    if metrics:
-        k = cfg.maml.num_inner_steps
-        print(json.dumps({"run_dir": str(run_dir), "return_before": metrics["return_step_0"],
-                          "return_after": metrics[f"return_step_{k}"]}))
+    print_result(run_dir, metrics, cfg.maml.num_inner_steps)
     return 0
+
+
+def resumable_state(run_dir: Path, cfg: cfglib.Config) -> dict:
+    """The checkpoint a resume starts from.
+
+    Raises:
+        RunDirError: none is usable, or ``run.iterations`` is below the iterations it holds.
+    """
+    try:
+        state, _ = load_latest_checkpoint(run_dir / "checkpoints")
+    except RunDirError as err:
+        if not any((run_dir / "checkpoints").glob("*.pt")):
+            raise RunDirError(f"{run_dir} has no checkpoint to resume from (the run stopped "
+                              "before its first one); delete it and start again") from None
+        raise
+    if cfg.run.iterations < state["iteration"]:
+        raise RunDirError(f"{run_dir} has already trained {state['iteration']} iterations; "
+                          f"--iterations {cfg.run.iterations} would not continue it")
+    return state
+
+
+def print_result(run_dir: Path, metrics: dict[str, float], num_steps: int) -> None:
+    """The one JSON line on stdout: the last iteration's returns before and after adaptation."""
+    if metrics:
+        print(json.dumps({"run_dir": str(run_dir), "return_before": metrics["return_step_0"],
+                          "return_after": metrics[f"return_step_{num_steps}"]}))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,15 @@ CASES = {
                                  "--timesteps", "0"],
     "bench: unknown family": ["bench", "--family", "Rocket"],
     "plot: run without evaluation": ["plot", "{run}"],
+    "train: negative seed": ["train", "--seed", "-1"],
+    "train: negative seed override": ["train", "run.seed=-1"],
+    "evaluate: negative seed": ["evaluate", "{run}", "--seeds", "0", "-1"],
+    "adapt: seed above 2**63 - 1": ["adapt", "{run}", "--task", '{"goal": [0.1, 0.2]}',
+                                    "--seed", str(2**63), "--save", "{out}"],
+    "rollout: negative seed": ["rollout", "{run}", "--seed", "-3"],
+    "study: negative evaluation seed": ["study", "--eval-seed", "-1"],
+    "baseline: negative seed": ["baseline", "oracle", "--preset", "navigation-2d",
+                                "--seed", "-1"],
 }
 
 

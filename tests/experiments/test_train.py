@@ -224,6 +224,34 @@ def test_best_checkpoint_holds_the_parameters_that_earned_the_best_return(tmp_pa
     assert not all(torch.equal(best["policy"][k], after[k]) for k in after)
 
 
+def test_resume_keeps_the_original_environment_and_refuses_fewer_iterations(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    tiny_run(run_dir, 2)
+    started = json.loads((run_dir / "config.json").read_text())
+    doc = dict(started, environment={**started["environment"], "git_commit": "original"})
+    (run_dir / "config.json").write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert run_main("--resume", "--run-dir", str(run_dir), "--iterations", "1") == 2
+    assert "already trained 2 iterations" in capsys.readouterr().err
+    # as many as done: nothing to train, the last result printed again
+    assert main(["--resume", "--run-dir", str(run_dir)]) == 0
+    out, err = capsys.readouterr()
+    assert "already completed its 2 iterations" in err
+    assert json.loads(out)["return_after"] == float(rows_of(run_dir)[-1]["return_step_1"])
+    # --quiet (given to the first run) holds for one invocation only
+    assert json.loads((run_dir / "config.json").read_text())["config"]["run"]["quiet"] is False
+    resume(run_dir, 3)
+    doc = json.loads((run_dir / "config.json").read_text())
+    assert doc["environment"]["git_commit"] == "original"  # where the run started
+    assert [r["iteration"] for r in doc["resumes"]] == [2, 2]
+    assert doc["resumes"][-1]["environment"] == started["environment"]
+    assert doc["config"]["run"]["iterations"] == 3
+
+
+def rows_of(run_dir: Path) -> list[dict[str, str]]:
+    return read_csv(run_dir / "progress.csv")[1]
+
+
 def _navigation_spaces():
     from envs.registry import make
 
@@ -452,7 +480,9 @@ BAD_INPUT = {  # id -> (arguments, a piece of the message)
     "negative fast_lr": (["--run-dir", "{fresh}", "maml.fast_lr=-0.1"],
                          "maml.fast_lr must be positive"),
     "zero iterations": (["--run-dir", "{fresh}", "--iterations", "0"], "run.iterations"),
-    "existing run dir": (["--run-dir", "{started}"], "already holds a run"),
+    "existing run dir": (["--run-dir", "{corrupt}"], "already holds a run; pass --resume"),
+    "existing run dir without a checkpoint": (["--run-dir", "{started}"],
+                                              "stopped before its first checkpoint"),
     "resume empty dir": (["--resume", "--run-dir", "{empty}"], "no run to resume"),
     "resume missing dir": (["--resume", "--run-dir", "{fresh}"], "no run to resume"),
     "resume without run dir": (["--resume"], "--resume needs --run-dir"),
@@ -460,7 +490,10 @@ BAD_INPUT = {  # id -> (arguments, a piece of the message)
                              "keeps its config"),
     "resume with seed": (["--resume", "--run-dir", "{started}", "--seed", "3"],
                          "keeps its config"),
-    "resume before first checkpoint": (["--resume", "--run-dir", "{started}"], "checkpoint"),
+    "resume with preset": (["--resume", "--run-dir", "{started}", "--preset", "ant-vel"],
+                           "keeps its config"),
+    "resume before first checkpoint": (["--resume", "--run-dir", "{started}"],
+                                       "no checkpoint to resume from"),
     "resume corrupt checkpoint": (["--resume", "--run-dir", "{corrupt}"], "checkpoint"),
     "cuda without gpu": (["--run-dir", "{fresh}", "--device", "cuda"], "CUDA"),
 }
