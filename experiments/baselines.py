@@ -173,7 +173,7 @@ def clear_pretrained_dir(out: Path, force: bool) -> None:
 
 
 def run_pretrained(args: argparse.Namespace) -> int:
-    from experiments.train import TrainingStopped, prepare_run_dir, train
+    from experiments.train import StoppedNow, TrainingStopped, prepare_run_dir, train
 
     out = Path(args.out or f"runs/baselines/{args.preset}/pretrained")
     cfg = pretrained_config(args.preset, args.overrides, args.iterations, args.seed, out,
@@ -185,7 +185,7 @@ def run_pretrained(args: argparse.Namespace) -> int:
               f"adaptation into {out}", file=sys.stderr)
     try:
         metrics = train(cfg, out)
-    except TrainingStopped as stopped:
+    except (TrainingStopped, StoppedNow) as stopped:
         print(f"{PROG} pretrained: {stopped}", file=sys.stderr)
         return stopped.exit_code
     print(json.dumps({"out": str(out), "baseline": "pretrained",

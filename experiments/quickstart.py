@@ -23,7 +23,8 @@ from experiments import config as cfglib
 from experiments.plot import evaluation_figure, save_png
 from experiments.presets import get_preset
 from experiments.rundir import RunDirError, atomic_write_text
-from experiments.train import TrainingStopped, build_policy, prepare_run_dir, train
+from experiments.train import (StoppedNow, TrainingDiverged, TrainingStopped, build_policy,
+                               prepare_run_dir, train)
 from meta.adaptation import AdvantageSettings
 from meta.evaluation import evaluate_adaptation
 
@@ -104,9 +105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         train(cfg, run_dir)
-    except TrainingStopped as stopped:
-        print(f"adaptbed quickstart: {stopped}", file=sys.stderr)
+    except (TrainingStopped, StoppedNow) as stopped:
+        print(f"adaptbed quickstart: {stopped}; then evaluate it with `adaptbed evaluate "
+              f"{run_dir}`", file=sys.stderr)
         return stopped.exit_code
+    except TrainingDiverged as err:
+        print(f"adaptbed quickstart: error: {err}", file=sys.stderr)
+        return 1
     train_seconds = time.perf_counter() - started
 
     tasks = get_split(PRESET, "test")

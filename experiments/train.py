@@ -120,7 +120,7 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
         failures = state.get("consecutive_failures", 0)  # absent from older checkpoints
     logger = RunLogger(run_dir, cfg, start)
     progress = Progress(cfg.run.iterations, start, enabled=not cfg.run.quiet)
-    stop = StopRequest()
+    stop = StopRequest(run_dir)
     metrics: dict[str, float] = {}
     try:
         for iteration in range(start, cfg.run.iterations):
@@ -176,6 +176,9 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
                     f"{failures} outer steps in a row were rejected for non-finite values "
                     f"(last: {fault}); the last good parameters are in {run_dir / 'checkpoints'}. "
                     "Lower the learning rates or max_kl, or check the rewards")
+            if not stopping and not last and stop.requested:  # came during the writes above
+                stopping = stop.requested
+                save_checkpoint(run_dir / "checkpoints" / "latest.pt", state, keep_previous=True)
             if stopping and not last:
                 raise TrainingStopped(stopping, iteration + 1, run_dir)
     finally:
@@ -192,7 +195,17 @@ class TrainingStopped(Exception):
     def __init__(self, signal_name: str, iterations: int, run_dir: Path):
         self.exit_code = 128 + int(signal.Signals[signal_name])  # the shell's convention
         super().__init__(f"stopped by {signal_name} after iteration {iterations}; continue "
-                         f"with --resume --run-dir {run_dir}")
+                         f"with `adaptbed train --resume --run-dir {run_dir}`")
+
+
+class StoppedNow(KeyboardInterrupt):
+    """A second SIGINT or SIGTERM: the run stops at once, within an iteration. Its last
+    checkpoint is intact (``latest.pt`` is never missing), so it resumes from there."""
+
+    def __init__(self, signal_name: str, run_dir: Path):
+        self.exit_code = 128 + int(signal.Signals[signal_name])
+        super().__init__(f"stopped at once by a second {signal_name}; continue from the last "
+                         f"checkpoint with `adaptbed train --resume --run-dir {run_dir}`")
 
 
 class TrainingDiverged(RuntimeError):
@@ -250,8 +263,9 @@ class StopRequest:
     (then :class:`TrainingStopped` is raised; ``adaptbed train`` exits with 128 + signal number,
     130 for SIGINT and 143 for SIGTERM, so that scripts do not carry on as if it had finished)."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_dir: Path) -> None:
         self.requested: str | None = None
+        self.run_dir = run_dir
         self._previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -259,7 +273,7 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.requested:  # a second signal: stop now
-            raise KeyboardInterrupt
+            raise StoppedNow(signal.Signals(signum).name, self.run_dir)
         self.requested = signal.Signals(signum).name
 
     def restore(self) -> None:
@@ -464,8 +478,8 @@ def prepare_run_dir(cfg: cfglib.Config, run_dir: Path, resume: bool,
         if not any((checkpoints / name).exists() for name in ("latest.pt", "previous.pt")):
             raise RunDirError(f"{run_dir} holds a run that stopped before its first checkpoint "
                               "(nothing to resume); delete it or choose another --run-dir")
-        raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or "
-                          "choose another --run-dir")
+        raise RunDirError(f"{run_dir} already holds a run; continue it with `adaptbed train "
+                          f"--resume --run-dir {run_dir}` or choose another --run-dir")
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -507,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"adaptbed train: error: {err}", file=sys.stderr)
         return 1
-    except TrainingStopped as stopped:
+    except (TrainingStopped, StoppedNow) as stopped:
         print(f"adaptbed train: {stopped}", file=sys.stderr)
         return stopped.exit_code
     print_result(run_dir, metrics, cfg.maml.num_inner_steps)

@@ -373,6 +373,28 @@ def test_resume_after_sigkill(tmp_path):
 
 
 # --- 4. signals ----------------------------------------------------------------------------------
+def test_a_second_signal_stops_at_once_with_one_line_and_the_signal_s_exit_code(tmp_path):
+    run_dir = tmp_path / "run"
+    # the default navigation meta-batch: iterations long enough for two signals within one
+    proc = train_popen("--iterations", "500", "--run-dir", str(run_dir), "--quiet",
+                       "run.checkpoint_every=1")
+    wait_for_rows(proc, run_dir / "progress.csv", 1)
+    time.sleep(1.0)  # into the second iteration (several seconds long)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # two signals closer than the interpreter's handler runs count as one
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the run ignored two SIGTERMs")
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "stopped at once by a second SIGTERM" in err and "--resume" in err
+    assert load_checkpoint(run_dir / "checkpoints" / "latest.pt")["iteration"] >= 1
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_after_a_checkpointed_iteration(tmp_path, sig):
     run_dir = tmp_path / "run"
@@ -480,7 +502,7 @@ BAD_INPUT = {  # id -> (arguments, a piece of the message)
     "negative fast_lr": (["--run-dir", "{fresh}", "maml.fast_lr=-0.1"],
                          "maml.fast_lr must be positive"),
     "zero iterations": (["--run-dir", "{fresh}", "--iterations", "0"], "run.iterations"),
-    "existing run dir": (["--run-dir", "{corrupt}"], "already holds a run; pass --resume"),
+    "existing run dir": (["--run-dir", "{corrupt}"], "already holds a run; continue it with"),
     "existing run dir without a checkpoint": (["--run-dir", "{started}"],
                                               "stopped before its first checkpoint"),
     "resume empty dir": (["--resume", "--run-dir", "{empty}"], "no run to resume"),
