@@ -5,7 +5,7 @@ Usage::
     adaptbed study --preset NAME [--seeds 0 1 2] [--iterations N] [--baseline-iterations N]
                    [--oracle-timesteps N] [--out DIR] [--inner-steps K] [--episodes-per-step N]
                    [--baselines pretrained,random,ppo,oracle] [--ppo-budgets 1,10,100]
-                   [--max-tasks M] [--quiet] [KEY=VALUE ...]
+                   [--max-tasks M] [--eval-seed S] [--quiet] [KEY=VALUE ...]
 
 Steps, each done by the command that does it alone (so every intermediate result is an
 ordinary run directory that the other commands understand):
@@ -23,7 +23,9 @@ ordinary run directory that the other commands understand):
    seed follows.
 
 Re-running the same command reuses what is complete (finished runs, trained baselines) and
-resumes unfinished runs, so an interrupted study continues where it stopped.
+resumes unfinished runs, so an interrupted study continues where it stopped. A run or baseline
+in ``DIR`` trained with other settings (overrides, seed, oracle budget) or for more iterations
+than asked is refused with a one-line error rather than reported under the settings asked for.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import contextlib
 import io
 import json
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -47,7 +50,7 @@ from experiments.cliutil import Parser, seed as seed_arg
 from experiments.evaluate import summarize
 from experiments.plot import agent_label, evaluation_figure, read_evaluation, save_png
 from experiments.presets import get_preset
-from experiments.rundir import RunDirError, atomic_write_text, load_checkpoint
+from experiments.rundir import RunDirError, atomic_write_text, load_checkpoint, read_json
 
 
 class StudyError(RunDirError):
@@ -79,49 +82,127 @@ def completed_iterations(run_dir: Path) -> int:
         return 0
 
 
+#: Keys a reused or resumed run may differ in from the request (they do not change its results).
+RUN_LOCAL_KEYS = ("run.iterations", "run.quiet", "run.run_dir", "run.device", "preset")
+
+
+def check_same_config(run_dir: Path, expected: cfglib.Config, what: str) -> None:
+    """Refuse to reuse ``run_dir`` if its ``config.json`` differs from ``expected`` in a key that
+    changes results (anything but :data:`RUN_LOCAL_KEYS`).
+
+    Raises:
+        StudyError: naming the first differing key, with both values.
+    """
+    try:
+        saved = cfglib.flatten(cfglib.from_dict(read_json(run_dir / "config.json")["config"]))
+    except (KeyError, TypeError, cfglib.ConfigError, RunDirError) as err:
+        raise StudyError(f"{run_dir} does not hold a readable run ({err}); use another "
+                         "--out") from None
+    wanted = cfglib.flatten(expected)
+    for key in wanted:
+        if key not in RUN_LOCAL_KEYS and saved.get(key) != wanted[key]:
+            raise StudyError(f"{what} in {run_dir} was trained with {key}={saved.get(key)!r}, "
+                             f"this study asks for {wanted[key]!r}; use another --out")
+
+
+def prepare_reuse(run_dir: Path, expected: cfglib.Config, iterations: int, what: str,
+                  log: Callable[[str], None]) -> int:
+    """The iterations ``run_dir`` holds, once it is checked to be the run asked for (0: train it
+    from scratch; a folder left by a run stopped before its first checkpoint is removed).
+
+    Raises:
+        StudyError: another config, or more iterations than asked.
+    """
+    if not (run_dir / "config.json").exists():
+        return 0
+    done = completed_iterations(run_dir)
+    if done == 0 and not any((run_dir / "checkpoints").glob("*.pt")):
+        log(f"{what}: {run_dir} stopped before its first checkpoint; starting it again")
+        shutil.rmtree(run_dir)
+        return 0
+    check_same_config(run_dir, expected, what)
+    if done > iterations:
+        raise StudyError(f"{what} in {run_dir} has trained {done} iterations, more than the "
+                         f"{iterations} asked; ask for {done} or use another --out")
+    return done
+
+
+def maml_config(preset: str, seed: int, overrides: Sequence[str]) -> cfglib.Config:
+    """The config ``adaptbed train --preset P --seed S OVERRIDES`` trains with."""
+    return cfglib.apply_overrides(get_preset(preset), [*overrides, f"run.seed={seed}"])
+
+
 def train_seed(preset: str, seed: int, iterations: int, overrides: Sequence[str],
                run_dir: Path, quiet: bool, log: Callable[[str], None]) -> None:
     """Train (or resume, or reuse) the MAML run of one seed."""
     from experiments import train
 
-    done = completed_iterations(run_dir)
-    if done >= iterations:
-        log(f"maml seed {seed}: reusing {run_dir} ({done} iterations)")
+    what = f"maml seed {seed}"
+    done = prepare_reuse(run_dir, maml_config(preset, seed, overrides), iterations, what, log)
+    if done == iterations:
+        log(f"{what}: reusing {run_dir} ({done} iterations)")
         return
-    if (run_dir / "config.json").exists() and done > 0:
-        log(f"maml seed {seed}: resuming {run_dir} at iteration {done}")
+    if done > 0:
+        log(f"{what}: resuming {run_dir} at iteration {done}")
         argv = ["--resume", "--run-dir", str(run_dir), "--iterations", str(iterations)]
     else:
-        log(f"maml seed {seed}: training {iterations} iterations into {run_dir}")
+        log(f"{what}: training {iterations} iterations into {run_dir}")
         argv = ["--preset", preset, "--seed", str(seed), "--iterations", str(iterations),
                 "--run-dir", str(run_dir), *overrides]
     call(train.main, [*argv, "--quiet"], quiet)
 
 
+def oracle_budget(preset: str, timesteps: int | None) -> int:
+    """The env steps ``adaptbed baseline oracle`` trains for (its default when None)."""
+    from experiments.baselines import DEFAULT_ORACLE_TIMESTEPS, ORACLE_TIMESTEPS
+
+    return timesteps if timesteps is not None else ORACLE_TIMESTEPS.get(preset,
+                                                                        DEFAULT_ORACLE_TIMESTEPS)
+
+
 def train_baselines(preset: str, names: Sequence[str], out: Path, seed: int, iterations: int,
                     oracle_timesteps: int | None, overrides: Sequence[str], quiet: bool,
                     log: Callable[[str], None]) -> None:
-    """Train the pretrained and oracle baselines once into ``out`` (reused when present)."""
-    from experiments import baselines
+    """Train the pretrained and oracle baselines once into ``out``: reused when finished with
+    the settings asked for, resumed when unfinished, refused when trained otherwise."""
+    from experiments import baselines, train
 
     if "pretrained" in names:
         path = out / "pretrained"
-        if completed_iterations(path) >= iterations:
+        expected = baselines.pretrained_config(preset, overrides, iterations, seed, path, True)
+        done = prepare_reuse(path, expected, iterations, "the pretrained baseline", log)
+        if done == iterations:
             log(f"pretrained: reusing {path}")
+        elif done > 0:
+            log(f"pretrained: resuming {path} at iteration {done}")
+            call(train.main, ["--resume", "--run-dir", str(path), "--iterations",
+                              str(iterations), "--quiet"], quiet)
         else:
             log(f"pretrained: training {iterations} iterations into {path}")
             call(baselines.main, ["pretrained", "--preset", preset, "--seed", str(seed),
                                   "--iterations", str(iterations), "--out", str(path),
-                                  "--force", "--quiet", *overrides], quiet)
+                                  "--quiet", *overrides], quiet)
     if "oracle" in names:
         path = out / "oracle"
-        if (path / "oracle.zip").exists() and (path / "oracle.json").exists():
+        budget = oracle_budget(preset, oracle_timesteps)
+        for name in (baselines.ORACLE_JSON, baselines.PARTIAL_JSON):
+            if (path / name).exists():
+                meta = read_json(path / name)
+                if (meta.get("timesteps"), meta.get("seed")) != (budget, seed):
+                    raise StudyError(f"the oracle in {path} was trained for {meta.get('timesteps')} "
+                                     f"timesteps with seed {meta.get('seed')}, this study asks "
+                                     f"for {budget} with seed {seed}; use another --out")
+        if (path / baselines.ORACLE_ZIP).exists() and (path / baselines.ORACLE_JSON).exists():
             log(f"oracle: reusing {path}")
+        elif (path / baselines.PARTIAL_JSON).exists():
+            log(f"oracle: resuming the unfinished oracle in {path}")
+            call(baselines.main, ["oracle", "--preset", preset, "--out", str(path), "--resume",
+                                  "--quiet"], quiet)
         else:
             log(f"oracle: training into {path}")
-            budget = [] if oracle_timesteps is None else ["--timesteps", str(oracle_timesteps)]
             call(baselines.main, ["oracle", "--preset", preset, "--seed", str(seed),
-                                  "--out", str(path), "--force", "--quiet", *budget], quiet)
+                                  "--out", str(path), "--force", "--quiet", "--timesteps",
+                                  str(budget)], quiet)
 
 
 def family_splits(family_name: str) -> list[str]:
@@ -249,7 +330,13 @@ def validate(args: argparse.Namespace) -> tuple[cfglib.Config, list[str]]:
     if args.inner_steps < 1:
         raise StudyError(f"--inner-steps must be at least 1, got {args.inner_steps}")
     parse_budgets(args.ppo_budgets)
-    return cfg, parse_baselines(args.baselines)
+    names = parse_baselines(args.baselines)
+    if "pretrained" in names:  # its own checks (no inner steps), before any training
+        from experiments.baselines import pretrained_config
+
+        pretrained_config(args.preset, args.overrides, args.baseline_iterations, args.seeds[0],
+                          Path("unused"), True)
+    return cfg, names
 
 
 def evaluate_runs(run_dirs: Sequence[Path], split: str, args: argparse.Namespace,
@@ -293,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             splits[split] = combine(evaluate_runs(run_dirs, split, args, names, baseline_dir))
         settings = {"MAML iterations": iterations, "seeds": " ".join(map(str, args.seeds)),
                     "pretrained iterations": args.baseline_iterations or iterations,
-                    "oracle timesteps": args.oracle_timesteps or "default",
+                    "oracle timesteps": oracle_budget(args.preset, args.oracle_timesteps),
                     "overrides": " ".join(args.overrides) or "none"}
         command = shlex.join(["adaptbed", "study", *argv])
         for split, doc in splits.items():

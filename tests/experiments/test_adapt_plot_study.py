@@ -251,10 +251,29 @@ def test_study_with_tiny_budgets_writes_a_report(tmp_path, capsys):
     assert set(doc["agents"]) == {"maml", "pretrained", "random", "ppo", "oracle"}
     assert set(runs[1]["agents"]) == {"maml"}  # baselines are evaluated once
 
-    # a second run of the study reuses the finished runs
+    assert "oracle timesteps 128" in report
+
+    # a second run of the study reuses the finished runs, resumes shorter ones, and refuses
+    # runs trained otherwise
     logged = []
     study.train_seed("navigation-2d", 0, 2, TINY, out / "maml-s0", True, logged.append)
     assert logged == [f"maml seed 0: reusing {out / 'maml-s0'} (2 iterations)"]
+    study.train_seed("navigation-2d", 1, 3, TINY, out / "maml-s1", True, logged.append)
+    assert logged[-1] == f"maml seed 1: resuming {out / 'maml-s1'} at iteration 2"
+    assert study.completed_iterations(out / "maml-s1") == 3
+    with pytest.raises(study.StudyError, match="trained 3 iterations, more than the 2 asked"):
+        study.train_seed("navigation-2d", 1, 2, TINY, out / "maml-s1", True, logged.append)
+    with pytest.raises(study.StudyError, match="maml.fast_lr=0.1.*asks for 0.05"):
+        study.train_seed("navigation-2d", 0, 2, [*TINY, "maml.fast_lr=0.05"], out / "maml-s0",
+                         True, logged.append)
+    baselines = out / "baselines"
+    study.train_baselines("navigation-2d", ["pretrained"], baselines, 0, 3, None, TINY, True,
+                          logged.append)
+    assert logged[-1] == f"pretrained: resuming {baselines / 'pretrained'} at iteration 2"
+    assert study.completed_iterations(baselines / "pretrained") == 3
+    with pytest.raises(study.StudyError, match="trained for 128 timesteps.*asks for 200000"):
+        study.train_baselines("navigation-2d", ["oracle"], baselines, 0, 3, None, TINY, True,
+                              logged.append)
 
 
 def test_study_rejects_bad_input(tmp_path, capsys):
@@ -264,6 +283,10 @@ def test_study_rejects_bad_input(tmp_path, capsys):
     one_line_error(rc, capsys.readouterr().err, "study", "distinct")
     rc = study.main(["--preset", "navigation-2d", "--baselines", "zero", "--out", str(tmp_path)])
     one_line_error(rc, capsys.readouterr().err, "study", "unknown baseline")
+    # the pretrained baseline's own check, before the MAML runs train (not after hours)
+    rc = study.main(["--preset", "navigation-2d", "--out", str(tmp_path),
+                     "maml.num_inner_steps=2"])
+    one_line_error(rc, capsys.readouterr().err, "study", "maml.num_inner_steps is fixed to 0")
     assert not list(tmp_path.iterdir())
 
 
