@@ -3,13 +3,16 @@
 Usage::
 
     adaptbed adapt RUN_DIR --task '{"velocity": 1.7}' --save DIR
-                   [--inner-steps K] [--episodes-per-step N] [--seed S] [--checkpoint latest|best]
+                   [--inner-steps K] [--episodes-per-step N] [--seed S] [--checkpoint latest|best|iteration-<k>]
 
 The adaptation is exactly the evaluation protocol of ``adaptbed evaluate`` on a single task:
 K policy-gradient steps (the first at the run's ``fast_lr``, later ones at ``fast_lr / 2``,
 but as many as the run's inner steps at ``fast_lr``),
 each from N fresh episodes, then N more episodes with the adapted policy. With the same seed the
-returns equal those ``adaptbed evaluate`` reports for that task (tested).
+returns equal those ``adaptbed evaluate`` reports on a split file that holds only that task
+(tested). In a split of several tasks a task's episodes sit further along the evaluation's
+batch, whose resets and action noise are drawn for the whole batch, so its numbers there
+differ by sampling noise.
 
 ``DIR`` receives ``policy.pt`` (the adapted ``state_dict`` with the run's config, the task and
 the returns after each step; load it with :func:`load_adapted`) and ``adapted.json`` (the same

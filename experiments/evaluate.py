@@ -60,6 +60,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import re
 import shlex
 import sys
@@ -540,12 +541,18 @@ def format_table(agents: dict[str, dict], inner_steps: int) -> str:
     name_width = max(12, *(len(n) + 2 for n in agents))
     lines = [f"{'agent':<{name_width}}" + "".join(f"{h:>{width}}" for h in head)]
     for name, res in agents.items():
-        cells = {k: f"{m:.1f} ± {c:.1f}" for k, m, c in zip(res["steps"], res["mean"], res["ci95"])}
+        cells = {k: mean_ci_text(m, c) for k, m, c in zip(res["steps"], res["mean"], res["ci95"])}
         row = "".join(f"{cells.get(k, '-'):>{width}}" for k in steps)
         note = f"   ({res['env_steps']:,} env steps per task)" if "env_steps" in res else ""
         note = "   (no adaptation)" if res["kind"] == "flat" else note
         lines.append(f"{name:<{name_width}}{row}{note}")
     return "\n".join(lines)
+
+
+def mean_ci_text(mean: float, ci: float, digits: int = 1) -> str:
+    """``mean ± ci``, or ``mean ± n/a`` where the interval is undefined (one task)."""
+    half = f"{ci:.{digits}f}" if math.isfinite(ci) else "n/a"
+    return f"{mean:.{digits}f} ± {half}"
 
 
 def csv_text(agents: dict[str, dict]) -> str:

@@ -1,12 +1,13 @@
 """``adaptbed plot``: adaptation curves as figures, in the style of the MAML paper's Figure 5.
 
-Two figures, both drawn from the JSON that ``adaptbed evaluate`` writes (``RUN_DIR/eval/
-<split>.json``):
+Three figures, the first two drawn from the JSON that ``adaptbed evaluate`` writes
+(``RUN_DIR/eval/<split>.json``; ``--split test-best`` for the best checkpoint's):
 
 * :func:`evaluation_figure`: every agent of one evaluation; adaptation curves (``kind ==
   "curve"``) as lines with 95% CI bands, flat references (``"flat"``: the oracle) as dashed
   horizontal lines, single budgets (``"point"``: PPO from scratch) as markers with error bars;
-* :func:`overlay_figure`: the MAML curves of several runs (e.g. seeds or configs) together;
+* :func:`overlay_figure`: the MAML curves of several runs (e.g. seeds or configs) together,
+  evaluated on the same tasks (refused otherwise);
 * :func:`training_figure` (``--training``): meta-training curves from the runs'
   ``progress.csv``, the mean return before and after adaptation per meta-iteration.
 

@@ -32,10 +32,10 @@ check use all 40. It makes a halfcheetah-vel iteration about 2x faster (7.5 s ag
 meta-batches, is a less effective single step later in training: 0.99, 0.59 and 0.44 of the
 full Fisher's surrogate improvement on a fresh policy and after 87 and 500 iterations. Over
 whole runs of the same seed the return after adaptation was the same up to iteration 86 (-119.8
-against -120.3) and over iterations 250-299 of the full-Fisher run, continued to 315 (-96.8,
-against -90.9 and -96.4 for seeds 0 and 1 with the subsample); whether the subsample costs
-return by iteration 500 is not measured. README, "One meta-iteration, and the outer update", has the
-commands. ``outer.fisher_subsample=1`` restores the paper's full Fisher.
+against -120.3). At iteration 500 (a full-Fisher run of seed 0, 2026-11-29) the full Fisher
+read -77.1 after one step over iterations 490-499 against -82.4 with the subsample, and -83.1
+against -87.4 on the test split: within one seed's noise. README, "One meta-iteration, and the
+outer update" and "HalfCheetah at paper scale", has the commands. ``outer.fisher_subsample=1`` restores the paper's full Fisher.
 
 halfcheetah-dir is the exception: it uses the full Fisher. With the 4-task Fisher its seed-0
 run peaked near iteration 75-125 and fell (return after one step +12.3 over iterations

@@ -3,7 +3,8 @@
 Usage::
 
     adaptbed rollout DIR_OR_RUN_DIR [--task JSON] [--episodes E] [--seed S]
-                     [--video FILE.mp4|FILE.gif] [--checkpoint latest|best]
+                     [--video FILE.mp4|FILE.gif] [--video-steps N]
+                     [--checkpoint latest|best|iteration-<k>]
 
 ``DIR`` is a folder written by ``adaptbed adapt`` (its task is the default) or a run directory
 (the meta-trained policy before adaptation; ``--task`` is then required). The policy acts as in
@@ -42,7 +43,7 @@ from envs.vector import make_vector_env
 from experiments import config as cfglib
 from experiments.adapt import POLICY_FILE, load_adapted, parse_task
 from experiments.cliutil import Parser, seed as seed_arg
-from experiments.evaluate import USER_ERRORS, checkpoint_name, load_run
+from experiments.evaluate import USER_ERRORS, checkpoint_name, load_run, mean_ci_text
 from experiments.rundir import RunDirError, atomic_write_bytes
 from meta.evaluation import ci95
 from meta.sampler import sample_episodes
@@ -269,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               args.seed, source.cfg.run.device)
     what = "adapted policy" if source.kind == "adapted" else "meta-trained policy (not adapted)"
     print(f"{source.family} task {json.dumps(task_to_dict(source.task))}, {what}: mean return "
-          f"{np.mean(returns):.2f} ± {ci95(returns):.2f} (95% CI) over {args.episodes} episodes "
+          f"{mean_ci_text(float(np.mean(returns)), ci95(returns), 2)} (95% CI) over {args.episodes} episodes "
           f"(min {min(returns):.2f}, max {max(returns):.2f})")
     if env is None:
         return 0

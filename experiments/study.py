@@ -47,7 +47,7 @@ from envs.registry import make
 from envs.tasks import TaskError
 from experiments import config as cfglib
 from experiments.cliutil import Parser, seed as seed_arg
-from experiments.evaluate import summarize
+from experiments.evaluate import mean_ci_text, summarize
 from experiments.plot import agent_label, evaluation_figure, read_evaluation, save_png
 from experiments.presets import get_preset
 from experiments.rundir import RunDirError, atomic_write_text, load_checkpoint, read_json
@@ -239,7 +239,7 @@ def markdown_table(doc: dict, run_names: Sequence[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def row(label: str, result: dict) -> str:
-        cells = {k: f"{m:.1f} ± {c:.1f}" for k, m, c in
+        cells = {k: mean_ci_text(m, c) for k, m, c in
                  zip(result["steps"], result["mean"], result["ci95"])}
         return "| " + " | ".join([label, *[cells.get(k, "-") for k in steps]]) + " |"
 

@@ -33,10 +33,11 @@ def step_sizes(fast_lr: float, num_steps: int, trained_steps: int = 1) -> tuple[
 
 
 def ci95(values: Sequence[float]) -> float:
-    """Half-width of the 95% confidence interval of the mean (Student t), 0 for one value."""
+    """Half-width of the 95% confidence interval of the mean (Student t); NaN for fewer than two
+    values, where it is undefined (a 0 would read as an exact result)."""
     n = len(values)
     if n < 2:
-        return 0.0
+        return math.nan
     return float(t_quantile_975(n - 1) * np.std(values, ddof=1) / math.sqrt(n))
 
 

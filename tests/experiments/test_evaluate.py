@@ -447,3 +447,11 @@ def test_maml_after_one_step_beats_pretrained_and_random(tmp_path, capsys):
     maml, pretrained, random = (agents[a]["mean"][1] for a in ("maml", "pretrained", "random"))
     assert maml > pretrained + MARGIN_OVER_PRETRAINED, (maml, pretrained)
     assert maml > random + MARGIN_OVER_RANDOM, (maml, random)
+
+
+def test_an_interval_over_one_task_is_shown_as_undefined_not_as_zero():
+    assert evaluate.mean_ci_text(-47.07, 3.21) == "-47.1 ± 3.2"
+    assert evaluate.mean_ci_text(-47.07, float("nan")) == "-47.1 ± n/a"
+    one_task = evaluate.summarize([[[-47.0, -20.0]]], [0, 1])  # 1 seed, 1 task, K = 1
+    assert one_task["mean"] == [-47.0, -20.0]
+    assert all(math.isnan(c) for c in one_task["ci95"])
