@@ -135,6 +135,7 @@ def pretrained_config(preset: str, overrides: Sequence[str], iterations: int | N
         ConfigError: unknown preset, bad override, invalid value, or an override asking for
             adaptation steps.
     """
+    cfglib.check_command_line_overrides(overrides)
     cfg = cfglib.apply_overrides(get_preset(preset), list(overrides))
     if cfg.maml.num_inner_steps != 0 and any(
             o.partition("=")[0].strip() == "maml.num_inner_steps" for o in overrides):

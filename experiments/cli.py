@@ -6,6 +6,7 @@ import importlib
 import sys
 from typing import Sequence
 
+from experiments.cliutil import route_mujoco_warnings
 from experiments.memory import keep_freed_memory
 
 COMMANDS = {
@@ -42,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     keep_freed_memory()  # fewer page faults in the tensor-heavy steps (experiments.memory)
+    route_mujoco_warnings()  # to stderr, not stdout and ./MUJOCO_LOG.TXT
     try:
         module = importlib.import_module(COMMANDS[name][0])
     except ModuleNotFoundError as err:

@@ -34,3 +34,35 @@ def seed(text: str) -> int:
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"a seed must be in [0, 2**63 - 1]; got {value}")
     return value
+
+
+#: MuJoCo warnings shown per process; the rest are counted only (a diverging meta-batch can warn
+#: once per environment and step).
+MUJOCO_WARNINGS_SHOWN = 5
+
+
+class MujocoWarnings:
+    """MuJoCo's warnings on stderr, ``MUJOCO_WARNINGS_SHOWN`` at most, instead of MuJoCo's default:
+    stdout (mixed with a command's JSON result) and a ``MUJOCO_LOG.TXT`` in the current folder.
+
+    The simulators detect divergence from MuJoCo's warning counters, not from these messages,
+    so routing them changes no result. MuJoCo calls the handler from any thread.
+    """
+
+    def __init__(self, prog: str = "adaptbed"):
+        self.prog, self.count = prog, 0
+
+    def __call__(self, message: str) -> None:
+        self.count += 1
+        if self.count <= MUJOCO_WARNINGS_SHOWN:
+            print(f"{self.prog}: MuJoCo warning: {message}", file=sys.stderr)
+        if self.count == MUJOCO_WARNINGS_SHOWN:
+            print(f"{self.prog}: further MuJoCo warnings are not shown (an unstable simulation "
+                  "ends its episode: see charts/unstable_episodes)", file=sys.stderr)
+
+
+def route_mujoco_warnings(prog: str = "adaptbed") -> None:
+    """Install :class:`MujocoWarnings` as MuJoCo's warning handler (the commands do, at start)."""
+    import mujoco
+
+    mujoco.set_mju_user_warning(MujocoWarnings(prog))

@@ -22,7 +22,7 @@ import textwrap
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 ALGOS = ("trpo", "ppo", "adam")
 ACTIVATIONS = ("relu", "tanh")  # the keys of agents.policies.ACTIVATIONS
@@ -44,7 +44,8 @@ class EnvConfig:
 
     family: str = "navigation-2d"
     """Task family: a family name (HalfCheetahVel), env id (adaptbed/HalfCheetahVel-v0) or
-    preset name (halfcheetah-vel)."""
+    preset name (halfcheetah-vel). Only the family: the other settings stay the preset's
+    (--preset P takes a family's settings too)."""
 
 
 @dataclass(frozen=True)
@@ -406,6 +407,19 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
                               f"e.g. maml.fast_lr=0.05")
         cfg = _replace_path(cfg, key.split("."), text)
     return cfg
+
+
+def check_command_line_overrides(overrides: Sequence[str]) -> None:
+    """Refuse overrides a user would misread on a command line: ``preset=...`` relabels a run
+    (its run directory's name, ``summary``) without changing any setting; ``--preset`` chooses.
+
+    Raises:
+        ConfigError: naming the key.
+    """
+    for item in overrides:
+        if item.partition("=")[0].strip() == "preset":
+            raise ConfigError("preset is chosen with --preset, not as an override (preset=... "
+                              "would relabel the run without changing its settings)")
 
 
 def _replace_path(obj: Any, path: list[str], text: str, prefix: str = "") -> Any:

@@ -239,10 +239,15 @@ def read_progress(run_dir: Path) -> dict[str, list[float]]:
 
 
 class CsvLog:
-    """``progress.csv``: one row per iteration; a key first seen later adds a column.
+    """``progress.csv`` or ``timing.csv``: one row per iteration; a key first seen later adds a
+    column.
 
     On resume, rows at or beyond the resumed iteration (written after the last checkpoint,
-    before a crash) are dropped, so the file never holds duplicated or missing iterations.
+    before a crash) are dropped, so the file never holds duplicated or missing iterations; so is
+    a last row torn by the crash (an incomplete line).
+
+    Raises:
+        RunDirError: a row other than the last is malformed.
     """
 
     def __init__(self, path: Path, start_iteration: int):
@@ -252,8 +257,14 @@ class CsvLog:
             with path.open(newline="") as f:
                 reader = csv.DictReader(f)
                 self.columns = list(reader.fieldnames or []) or None
-                rows = [r for r in reader if int(float(r["iteration"])) < start_iteration]
-            self._rewrite(rows)
+                rows = list(reader)
+            if rows and _row_iteration(rows[-1]) is None:
+                rows.pop()  # a row torn by a crash: always one after the last checkpoint
+            for number, row in enumerate(rows, start=2):
+                if _row_iteration(row) is None:
+                    raise RunDirError(f"{path}, line {number}: not a row written by adaptbed "
+                                      "train (no iteration number)")
+            self._rewrite([r for r in rows if _row_iteration(r) < start_iteration])
 
     def _rewrite(self, rows: list[dict[str, str]]) -> None:
         out = io.StringIO()
@@ -279,6 +290,16 @@ class CsvLog:
                 {k: _format(row[k]) if k in row else "" for k in self.columns})
             f.flush()
             os.fsync(f.fileno())
+
+
+def _row_iteration(row: Mapping[str, str | None]) -> int | None:
+    """The iteration of a CSV row, None for a malformed or incomplete (torn) one."""
+    if None in row or any(v is None for v in row.values()):  # fewer or more cells than columns
+        return None
+    try:
+        return int(float(row["iteration"]))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _format(value: float) -> str:

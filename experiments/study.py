@@ -317,6 +317,7 @@ def validate(args: argparse.Namespace) -> tuple[cfglib.Config, list[str]]:
     """
     from experiments.evaluate import parse_baselines, parse_budgets
 
+    cfglib.check_command_line_overrides(args.overrides)
     cfg = cfglib.apply_overrides(get_preset(args.preset), list(args.overrides))
     if args.iterations is not None:
         cfg = cfglib.apply_overrides(cfg, [f"run.iterations={args.iterations}"])

@@ -143,8 +143,8 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
             if fault:  # never let a non-finite value reach the parameters or a checkpoint
                 restore(parts, good)
                 rejected, failures = rejected + 1, failures + 1
-                print(f"adaptbed train: iteration {iteration}: outer step rejected ({fault}); "
-                      f"parameters kept", file=sys.stderr)
+                progress.message(f"adaptbed train: iteration {iteration}: outer step rejected "
+                                 f"({fault}); parameters kept")
             else:
                 failures = 0
             metrics["rejected_steps"] = float(rejected)
@@ -375,6 +375,13 @@ class Progress:
                                  sps=f"{metrics['env_steps_per_second']:.0f}")
             self.bar.update(1)
 
+    def message(self, text: str) -> None:
+        """A line on stderr that does not break the bar."""
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -434,6 +441,8 @@ def resolve(args: argparse.Namespace) -> tuple[cfglib.Config, Path]:
         if not (run_dir / "config.json").exists():
             raise RunDirError(f"{run_dir} holds no run to resume (no config.json)")
         doc = read_json(run_dir / "config.json")
+        if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+            raise RunDirError(f"{run_dir / 'config.json'} is not the config.json of a run")
         if doc.get("format") != CONFIG_FORMAT:
             raise RunDirError(f"{run_dir / 'config.json'} has format {doc.get('format')!r}; this "
                               f"adaptbed reads format {CONFIG_FORMAT} (written by another version)")
@@ -455,6 +464,7 @@ def resolve(args: argparse.Namespace) -> tuple[cfglib.Config, Path]:
                                   "config.json) and no CUDA GPU is available here; pass "
                                   "--device cpu to continue it on the CPU") from None
     else:
+        cfglib.check_command_line_overrides(args.overrides)
         cfg = cfglib.apply_overrides(get_preset(args.preset or DEFAULT_PRESET),
                                      [*args.overrides, *flags])
     cfglib.validate(cfg)
@@ -521,6 +531,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"adaptbed train: error: {err}", file=sys.stderr)
         return 1
+    except RunDirError as err:  # e.g. a damaged progress.csv found on resume
+        print(f"adaptbed train: error: {err}", file=sys.stderr)
+        return 2
     except (TrainingStopped, StoppedNow) as stopped:
         print(f"adaptbed train: {stopped}", file=sys.stderr)
         return stopped.exit_code
@@ -558,4 +571,7 @@ if __name__ == "__main__":
     from experiments.memory import keep_freed_memory
 
     keep_freed_memory()  # as `adaptbed train` does (experiments/cli.py)
+    from experiments.cliutil import route_mujoco_warnings
+
+    route_mujoco_warnings()
     sys.exit(main())

@@ -48,6 +48,7 @@ CASES = {
     "bench: unknown family": ["bench", "--family", "Rocket"],
     "plot: run without evaluation": ["plot", "{run}"],
     "train: negative seed": ["train", "--seed", "-1"],
+    "train: preset as an override": ["train", "preset=halfcheetah-vel"],
     "train: negative seed override": ["train", "run.seed=-1"],
     "evaluate: negative seed": ["evaluate", "{run}", "--seeds", "0", "-1"],
     "adapt: seed above 2**63 - 1": ["adapt", "{run}", "--task", '{"goal": [0.1, 0.2]}',

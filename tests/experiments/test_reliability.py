@@ -240,3 +240,48 @@ def test_a_step_with_non_finite_gradients_is_rejected_and_undone(tmp_path, monke
     final = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
     assert all(torch.equal(final["policy"][k], initial[k]) for k in initial)
     assert [float(r["rejected_steps"]) for r in rows(tmp_path / "progress.csv")] == [1.0, 2.0]
+
+
+def test_a_csv_row_torn_by_a_crash_is_dropped_on_resume(tmp_path):
+    from experiments.rundir import CsvLog
+
+    path = tmp_path / "progress.csv"
+    path.write_text("iteration,return_step_0\n0,-1.5\n1,-1.25\n2,-1.\n")  # 2: cut mid-number
+    CsvLog(path, start_iteration=2)
+    assert path.read_text() == "iteration,return_step_0\n0,-1.5\n1,-1.25\n"
+    path.write_text("iteration,return_step_0\n0,-1.5\n1,-1.25\n2")  # cut after the number
+    CsvLog(path, start_iteration=2)
+    assert path.read_text() == "iteration,return_step_0\n0,-1.5\n1,-1.25\n"
+    path.write_text("iteration,return_step_0\n0,-1.5\nx,-1.25\n2,-1.0\n")
+    with pytest.raises(RunDirError, match="line 3"):
+        CsvLog(path, start_iteration=2)
+
+
+def test_mujoco_warnings_go_to_stderr_not_stdout_nor_a_log_file(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import mujoco
+from experiments.cliutil import route_mujoco_warnings
+route_mujoco_warnings("test")
+m = mujoco.MjModel.from_xml_string(
+    "<mujoco><worldbody><body><freejoint/><geom size='.1'/></body></worldbody></mujoco>")
+d = mujoco.MjData(m)
+for _ in range(8):  # MuJoCo warns on the first occurrence after a reset
+    mujoco.mj_resetData(m, d)
+    d.qvel[:] = 1e20
+    mujoco.mj_step(m, d)
+print("done")
+"""
+    root = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": root})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "done\n"  # a command's JSON result stays alone on stdout
+    lines = proc.stderr.splitlines()
+    assert sum("MuJoCo warning: Nan, Inf or huge value" in line for line in lines) == 5
+    assert "further MuJoCo warnings are not shown" in lines[-1]
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
