@@ -764,8 +764,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc = evaluation_document(request, agents, argv)
     if previous is not None:
         doc = merge_evaluations(previous, doc)
+    # --add re-evaluates maml to the same numbers: its scalars are in TensorBoard already
+    fresh = [a for a in agents if previous is None or a != "maml"]
     try:
-        paths = write_outputs(request.run.run_dir, doc, list(agents))
+        paths = write_outputs(request.run.run_dir, doc, fresh)
     except OSError as err:
         print(f"adaptbed evaluate: error: cannot write results into {request.run.run_dir / 'eval'}"
               f": {err.strerror}", file=sys.stderr)

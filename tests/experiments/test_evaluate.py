@@ -209,14 +209,24 @@ def test_same_seed_same_result_different_seed_different(run_dir, capsys):
                                    [first[agent]["mean"], other[agent]["mean"]], rtol=1e-12)
 
 
+def tb_scalars(run_dir: Path, tag: str) -> list:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0}).Reload()
+    return events.Scalars(tag) if tag in events.Tags()["scalars"] else []
+
+
 def test_add_keeps_the_agents_already_evaluated_with_the_same_protocol(run_dir, capsys):
     common = (run_dir, "--inner-steps", 1, "--max-tasks", 3, "--quiet")
     rc, _, err = run_evaluate(capsys, *common)
     assert rc == 0, err
     first = read_doc(run_dir)
+    maml_points = len(tb_scalars(run_dir, "eval/test/maml"))
     rc, out, err = run_evaluate(capsys, *common, "--baselines", "random", "--add")
     assert rc == 0, err
     added = read_doc(run_dir)
+    assert len(tb_scalars(run_dir, "eval/test/maml")) == maml_points  # not logged twice
+    assert [e.step for e in tb_scalars(run_dir, "eval/test/random")][-2:] == [0, 1]
     assert list(added["agents"]) == ["maml", "random"]
     assert added["agents"]["maml"] == first["agents"]["maml"]  # deterministic: same numbers
     assert len(added["commands"]) == 2 and "--add" in added["commands"][1]
