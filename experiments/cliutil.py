@@ -20,19 +20,19 @@ def fail(prog: str, message: str, code: int = 2) -> int:
     return code
 
 
-#: Seeds are used by ``numpy.random.SeedSequence`` (non-negative) and ``torch.manual_seed``
-#: (below 2**63 as a signed 64-bit value): one range for every command.
-MAX_SEED = 2**63 - 1
+#: Seeds reach ``numpy.random.SeedSequence`` (non-negative), ``torch.manual_seed`` and, for the
+#: SB3 baselines, numpy's legacy ``np.random.seed`` (below 2**32): one range for every command.
+MAX_SEED = 2**32 - 1
 
 
 def seed(text: str) -> int:
-    """``argparse`` type of a seed: an integer in ``[0, MAX_SEED]`` (else a one-line error)."""
+    """``argparse`` type of a seed: an integer in ``[0, 2**32 - 1]`` (else a one-line error)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"a seed must be an integer; got {text!r}") from None
     if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"a seed must be in [0, 2**63 - 1]; got {value}")
+        raise argparse.ArgumentTypeError(f"a seed must be in [0, 2**32 - 1]; got {value}")
     return value
 
 

@@ -477,7 +477,7 @@ def _validate_sizes(cfg: Config) -> None:
                            f"{_format_value(cfg.policy.hidden_sizes)}")
     _require(cfg.maml.num_inner_steps >= 0, f"maml.num_inner_steps must be >= 0 (0: no "
              f"adaptation, a multi-task policy); got {cfg.maml.num_inner_steps}")
-    _require(0 <= cfg.run.seed < 2**63, f"run.seed must be in [0, 2**63 - 1]; got {cfg.run.seed}")
+    _require(0 <= cfg.run.seed < 2**32, f"run.seed must be in [0, 2**32 - 1]; got {cfg.run.seed}")
 
 
 def _validate_reals(cfg: Config) -> None:

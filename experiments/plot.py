@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -172,8 +173,10 @@ def read_evaluation(run_dir: Path, split: str) -> dict:
     """
     path = run_dir / "eval" / f"{split}.json"
     if not path.exists():
+        named = re.fullmatch(r"(.+)-(best|iteration-\d+)", split)  # another checkpoint's stem
+        how = (f"--split {named[1]} --checkpoint {named[2]}" if named else f"--split {split}")
         raise RunDirError(f"{path} does not exist; write it with `adaptbed evaluate {run_dir} "
-                          f"--split {split}`")
+                          f"{how}`")
     try:
         doc = json.loads(path.read_text())
         doc["agents"]["maml"]["mean"]

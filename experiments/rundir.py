@@ -40,11 +40,19 @@ class RunDirError(ValueError):
     """A run directory that cannot be used as asked (one-line message)."""
 
 
-def _file_mode() -> int:
-    """The mode ``open`` gives a new file under the current umask (e.g. 0644 for 022)."""
+def _read_umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+#: The process's umask, read once at import (reading it means setting it for an instant).
+_UMASK = _read_umask()
+
+
+def _file_mode() -> int:
+    """The mode ``open`` gives a new file under the process's umask (e.g. 0644 for 022)."""
+    return 0o666 & ~_UMASK
 
 
 def fsync_dir(folder: Path) -> None:

@@ -50,7 +50,7 @@ from experiments.cliutil import Parser, seed as seed_arg
 from experiments.evaluate import mean_ci_text, summarize
 from experiments.plot import agent_label, evaluation_figure, read_evaluation, save_png
 from experiments.presets import get_preset
-from experiments.rundir import RunDirError, atomic_write_text, load_checkpoint, read_json
+from experiments.rundir import RunDirError, atomic_write_text, load_latest_checkpoint, read_json
 
 
 class StudyError(RunDirError):
@@ -75,15 +75,17 @@ def call(main: Callable[[list[str]], int], argv: list[str], quiet: bool) -> None
 
 
 def completed_iterations(run_dir: Path) -> int:
-    """The iterations in ``run_dir``'s latest checkpoint, 0 when it has none."""
+    """The iterations of the checkpoint ``adaptbed train --resume`` would continue from
+    (``latest.pt``, else ``previous.pt``), 0 when it has none."""
     try:
-        return int(load_checkpoint(run_dir / "checkpoints" / "latest.pt")["iteration"])
+        return int(load_latest_checkpoint(run_dir / "checkpoints")[0]["iteration"])
     except (RunDirError, KeyError):
         return 0
 
 
 #: Keys a reused or resumed run may differ in from the request (they do not change its results).
-RUN_LOCAL_KEYS = ("run.iterations", "run.quiet", "run.run_dir", "run.device", "preset")
+RUN_LOCAL_KEYS = ("run.iterations", "run.quiet", "run.run_dir", "run.device", "preset",
+                  "run.checkpoint_every", "run.keep_every")
 
 
 def check_same_config(run_dir: Path, expected: cfglib.Config, what: str) -> None:
@@ -116,7 +118,8 @@ def prepare_reuse(run_dir: Path, expected: cfglib.Config, iterations: int, what:
     if not (run_dir / "config.json").exists():
         return 0
     done = completed_iterations(run_dir)
-    if done == 0 and not any((run_dir / "checkpoints").glob("*.pt")):
+    checkpoints = run_dir / "checkpoints"
+    if done == 0 and not any((checkpoints / n).exists() for n in ("latest.pt", "previous.pt")):
         log(f"{what}: {run_dir} stopped before its first checkpoint; starting it again")
         shutil.rmtree(run_dir)
         return 0

@@ -166,7 +166,8 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
                      "metrics": metrics}
             last = iteration + 1 == cfg.run.iterations
             stopping = stop.requested  # read once: checkpoint and stop on the same answer
-            if (iteration + 1) % cfg.run.checkpoint_every == 0 or last or stopping:
+            saved = (iteration + 1) % cfg.run.checkpoint_every == 0 or last or bool(stopping)
+            if saved:
                 save_checkpoint(run_dir / "checkpoints" / "latest.pt", state, keep_previous=True)
             if cfg.run.keep_every and (iteration + 1) % cfg.run.keep_every == 0:
                 save_checkpoint(run_dir / "checkpoints" / f"iteration-{iteration + 1}.pt", state)
@@ -178,7 +179,9 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
                     "Lower the learning rates or max_kl, or check the rewards")
             if not stopping and not last and stop.requested:  # came during the writes above
                 stopping = stop.requested
-                save_checkpoint(run_dir / "checkpoints" / "latest.pt", state, keep_previous=True)
+                if not saved:
+                    save_checkpoint(run_dir / "checkpoints" / "latest.pt", state,
+                                    keep_previous=True)
             if stopping and not last:
                 raise TrainingStopped(stopping, iteration + 1, run_dir)
     finally:
@@ -514,15 +517,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg, run_dir = resolve(args)
         if args.resume:  # no usable checkpoint: a one-line error, not a traceback
             done = resumable_state(run_dir, cfg)
+        if done is not None and done["iteration"] == cfg.run.iterations:  # nothing to train
+            print(f"adaptbed train: {run_dir} has already completed its {cfg.run.iterations} "
+                  "iterations; pass a larger --iterations to continue it", file=sys.stderr)
+            print_result(run_dir, done.get("metrics", {}), cfg.maml.num_inner_steps)
+            return 0
         prepare_run_dir(cfg, run_dir, args.resume, None if done is None else done["iteration"])
     except (cfglib.ConfigError, RunDirError) as err:
         print(f"adaptbed train: error: {err}", file=sys.stderr)
         return 2
-    if done is not None and done["iteration"] == cfg.run.iterations:
-        print(f"adaptbed train: {run_dir} has already completed its {cfg.run.iterations} "
-              "iterations; pass a larger --iterations to continue it", file=sys.stderr)
-        print_result(run_dir, done.get("metrics", {}), cfg.maml.num_inner_steps)
-        return 0
     if not cfg.run.quiet:
         print(f"run directory: {run_dir}   (tensorboard --logdir {run_dir / 'tb'})",
               file=sys.stderr)
@@ -550,7 +553,7 @@ def resumable_state(run_dir: Path, cfg: cfglib.Config) -> dict:
     try:
         state, _ = load_latest_checkpoint(run_dir / "checkpoints")
     except RunDirError as err:
-        if not any((run_dir / "checkpoints").glob("*.pt")):
+        if not any((run_dir / "checkpoints" / n).exists() for n in ("latest.pt", "previous.pt")):
             raise RunDirError(f"{run_dir} has no checkpoint to resume from (the run stopped "
                               "before its first one); delete it and start again") from None
         raise

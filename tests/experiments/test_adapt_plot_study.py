@@ -200,6 +200,8 @@ def test_plot_overlays_the_maml_curves_of_two_runs(run_dir, tmp_path, capsys):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rc = plot.main([str(run_dir), str(tmp_path), "--out", str(out)])
     one_line_error(rc, capsys.readouterr().err, "plot", "adaptbed evaluate")
+    rc = plot.main([str(run_dir), "--split", "test-best", "--out", str(out)])
+    one_line_error(rc, capsys.readouterr().err, "plot", "--split test --checkpoint best")
     # curves of different tasks are not overlaid under one title
     assert evaluate.main([str(other), "--inner-steps", "2", "--max-tasks", "3", "--quiet"]) == 0
     capsys.readouterr()
@@ -318,3 +320,14 @@ def test_plot_training_draws_before_and_after_adaptation_from_progress_csv(run_d
     one_line_error(rc, capsys.readouterr().err, "plot", "--smooth")
     rc = plot.main([str(run_dir), "--smooth", "5", "--out", str(out)])
     one_line_error(rc, capsys.readouterr().err, "plot", "--training")
+
+
+def test_study_starts_again_a_run_that_stopped_before_its_first_resumable_checkpoint(tmp_path):
+    run = tmp_path / "maml-s0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "checkpoints" / "best.pt").write_bytes(b"written before latest.pt in iteration 0")
+    logged = []
+    cfg = study.maml_config("navigation-2d", 0, [])
+    assert study.prepare_reuse(run, cfg, 2, "maml seed 0", logged.append) == 0
+    assert not run.exists() and "starting it again" in logged[0]

@@ -88,19 +88,14 @@ def test_a_crash_while_replacing_latest_leaves_the_old_latest_in_place(tmp_path,
 
 
 def test_results_are_written_with_the_umask_s_mode_not_0600(tmp_path):
-    import os
-
     from experiments.rundir import atomic_write_text
 
-    old = os.umask(0o022)
-    try:
-        atomic_write_text(tmp_path / "a.json", "{}")
-        os.umask(0o077)
-        atomic_write_text(tmp_path / "b.json", "{}")
-    finally:
-        os.umask(old)
-    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
-    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+    import experiments.rundir as rundir
+
+    atomic_write_text(tmp_path / "a.json", "{}")
+    (tmp_path / "plain.json").write_text("{}")  # what open() gives under this umask
+    mode = (tmp_path / "plain.json").stat().st_mode & 0o777
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == mode == 0o666 & ~rundir._UMASK
 
 
 def test_a_checkpoint_that_would_run_code_when_loaded_is_refused(tmp_path, capsys):
@@ -251,6 +246,10 @@ def test_a_csv_row_torn_by_a_crash_is_dropped_on_resume(tmp_path):
     assert path.read_text() == "iteration,return_step_0\n0,-1.5\n1,-1.25\n"
     path.write_text("iteration,return_step_0\n0,-1.5\n1,-1.25\n2")  # cut after the number
     CsvLog(path, start_iteration=2)
+    assert path.read_text() == "iteration,return_step_0\n0,-1.5\n1,-1.25\n"
+    # iteration 12 torn after its first digit: not mistaken for a row of iteration 1
+    path.write_text("iteration,return_step_0\n0,-1.5\n1,-1.25\n1")
+    CsvLog(path, start_iteration=12)
     assert path.read_text() == "iteration,return_step_0\n0,-1.5\n1,-1.25\n"
     path.write_text("iteration,return_step_0\n0,-1.5\nx,-1.25\n2,-1.0\n")
     with pytest.raises(RunDirError, match="line 3"):

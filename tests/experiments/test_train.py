@@ -238,14 +238,15 @@ def test_resume_keeps_the_original_environment_and_refuses_fewer_iterations(tmp_
     out, err = capsys.readouterr()
     assert "already completed its 2 iterations" in err
     assert json.loads(out)["return_after"] == float(rows_of(run_dir)[-1]["return_step_1"])
-    # --quiet (given to the first run) holds for one invocation only
-    assert json.loads((run_dir / "config.json").read_text())["config"]["run"]["quiet"] is False
     resume(run_dir, 3)
     doc = json.loads((run_dir / "config.json").read_text())
     assert doc["environment"]["git_commit"] == "original"  # where the run started
-    assert [r["iteration"] for r in doc["resumes"]] == [2, 2]
+    assert [r["iteration"] for r in doc["resumes"]] == [2]  # the resume that trained
     assert doc["resumes"][-1]["environment"] == started["environment"]
     assert doc["config"]["run"]["iterations"] == 3
+    assert main(["--resume", "--run-dir", str(run_dir), "--iterations", "4"]) == 0
+    doc = json.loads((run_dir / "config.json").read_text())
+    assert doc["config"]["run"]["quiet"] is False  # --quiet (given before) held once only
 
 
 def rows_of(run_dir: Path) -> list[dict[str, str]]:
@@ -375,9 +376,9 @@ def test_resume_after_sigkill(tmp_path):
 # --- 4. signals ----------------------------------------------------------------------------------
 def test_a_second_signal_stops_at_once_with_one_line_and_the_signal_s_exit_code(tmp_path):
     run_dir = tmp_path / "run"
-    # the default navigation meta-batch: iterations long enough for two signals within one
+    # twice the default navigation meta-batch: iterations long enough for two signals in one
     proc = train_popen("--iterations", "500", "--run-dir", str(run_dir), "--quiet",
-                       "run.checkpoint_every=1")
+                       "run.checkpoint_every=1", "maml.episodes_per_task=40")
     wait_for_rows(proc, run_dir / "progress.csv", 1)
     time.sleep(1.0)  # into the second iteration (several seconds long)
     proc.send_signal(signal.SIGTERM)
