@@ -203,8 +203,9 @@ def resolve_split(family_name: str, split: str) -> tuple[str, list]:
     """The name and tasks of ``--split``: ``test``, ``ood`` or a file of
     :func:`envs.splits.split_to_json`.
 
-    A file's results are named after its stem (``file-<stem>`` for stems ``test`` / ``ood``,
-    so they never overwrite the fixed splits' results).
+    A file's results are named after its stem (``file-<stem>`` for stems ``test`` / ``ood`` /
+    ``train`` or ending in ``-best`` / ``-iteration-<k>``, so they never overwrite the fixed
+    splits' results nor another checkpoint's, :func:`output_stem`).
 
     Raises:
         EvalError: unknown split name, unreadable file, or a file of another family.
@@ -225,7 +226,8 @@ def resolve_split(family_name: str, split: str) -> tuple[str, list]:
         raise EvalError(f"split file {path} holds {file_family} tasks, but the run is "
                         f"{family_name}")
     name = path.stem
-    return (f"file-{name}" if name in ("test", "ood", "train") else name), tasks
+    reserved = name in ("test", "ood", "train") or re.search(r"-(best|iteration-\d+)$", name)
+    return (f"file-{name}" if reserved else name), tasks
 
 
 def parse_baselines(text: str) -> list[str]:

@@ -465,3 +465,16 @@ def test_an_interval_over_one_task_is_shown_as_undefined_not_as_zero():
     one_task = evaluate.summarize([[[-47.0, -20.0]]], [0, 1])  # 1 seed, 1 task, K = 1
     assert one_task["mean"] == [-47.0, -20.0]
     assert all(math.isnan(c) for c in one_task["ci95"])
+
+
+def test_a_split_file_never_takes_the_name_of_a_fixed_split_or_another_checkpoint(tmp_path):
+    from envs.splits import get_split, split_to_json
+
+    tasks = get_split("Navigation2D", "test")[:2]
+    names = {}
+    for stem in ("test", "mine", "test-best", "test-iteration-20"):
+        path = tmp_path / f"{stem}.json"
+        path.write_text(split_to_json("Navigation2D", stem, tasks))
+        names[stem] = evaluate.resolve_split("Navigation2D", str(path))[0]
+    assert names == {"test": "file-test", "mine": "mine", "test-best": "file-test-best",
+                     "test-iteration-20": "file-test-iteration-20"}
