@@ -189,6 +189,7 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
         progress.close()
         logger.close()
         parts.venv.close()
+        parts.task_source.close()
     return metrics
 
 
@@ -207,8 +208,11 @@ class StoppedNow(KeyboardInterrupt):
 
     def __init__(self, signal_name: str, run_dir: Path):
         self.exit_code = 128 + int(signal.Signals[signal_name])
-        super().__init__(f"stopped at once by a second {signal_name}; continue from the last "
-                         f"checkpoint with `adaptbed train --resume --run-dir {run_dir}`")
+        where = (f"continue from the last checkpoint with `adaptbed train --resume --run-dir "
+                 f"{run_dir}`" if any((run_dir / "checkpoints" / n).exists()
+                                      for n in ("latest.pt", "previous.pt"))
+                 else f"it had no checkpoint yet: delete {run_dir} and start again")
+        super().__init__(f"stopped at once by a second {signal_name}; {where}")
 
 
 class TrainingDiverged(RuntimeError):
