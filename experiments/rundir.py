@@ -156,6 +156,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def has_resumable_checkpoint(checkpoints: Path) -> bool:
+    """Whether ``checkpoints`` holds a ``latest.pt`` or ``previous.pt`` (what a resume reads;
+    ``best.pt`` and kept ``iteration-<k>.pt`` are not resumed from)."""
+    return any((checkpoints / name).exists() for name in ("latest.pt", "previous.pt"))
+
+
 def load_latest_checkpoint(checkpoints: Path) -> tuple[dict[str, Any], str | None]:
     """The newest good checkpoint of a run: ``latest.pt``, else ``previous.pt``.
 

@@ -50,7 +50,8 @@ from experiments.cliutil import Parser, seed as seed_arg
 from experiments.evaluate import mean_ci_text, summarize
 from experiments.plot import agent_label, evaluation_figure, read_evaluation, save_png
 from experiments.presets import get_preset
-from experiments.rundir import RunDirError, atomic_write_text, load_latest_checkpoint, read_json
+from experiments.rundir import (RunDirError, atomic_write_text, has_resumable_checkpoint,
+                                load_latest_checkpoint, read_json)
 
 
 class StudyError(RunDirError):
@@ -118,8 +119,7 @@ def prepare_reuse(run_dir: Path, expected: cfglib.Config, iterations: int, what:
     if not (run_dir / "config.json").exists():
         return 0
     done = completed_iterations(run_dir)
-    checkpoints = run_dir / "checkpoints"
-    if done == 0 and not any((checkpoints / n).exists() for n in ("latest.pt", "previous.pt")):
+    if done == 0 and not has_resumable_checkpoint(run_dir / "checkpoints"):
         log(f"{what}: {run_dir} stopped before its first checkpoint; starting it again")
         shutil.rmtree(run_dir)
         return 0

@@ -31,7 +31,8 @@ from envs.vector import TaskVectorEnv, make_vector_env
 from experiments import config as cfglib
 from experiments.presets import get_preset
 from experiments.rundir import (CONFIG_FORMAT, CsvLog, RunDirError, atomic_write_text,
-                                environment_info, load_latest_checkpoint, read_json,
+                                environment_info, has_resumable_checkpoint,
+                                load_latest_checkpoint, read_json,
                                 save_checkpoint)
 from meta.adaptation import AdvantageSettings, NumericalFault, collect_meta_batch, step_seeds
 from meta.maml import InnerLoop
@@ -209,8 +210,7 @@ class StoppedNow(KeyboardInterrupt):
     def __init__(self, signal_name: str, run_dir: Path):
         self.exit_code = 128 + int(signal.Signals[signal_name])
         where = (f"continue from the last checkpoint with `adaptbed train --resume --run-dir "
-                 f"{run_dir}`" if any((run_dir / "checkpoints" / n).exists()
-                                      for n in ("latest.pt", "previous.pt"))
+                 f"{run_dir}`" if has_resumable_checkpoint(run_dir / "checkpoints")
                  else f"it had no checkpoint yet: delete {run_dir} and start again")
         super().__init__(f"stopped at once by a second {signal_name}; {where}")
 
@@ -491,8 +491,7 @@ def prepare_run_dir(cfg: cfglib.Config, run_dir: Path, resume: bool,
     """
     config_path = run_dir / "config.json"
     if config_path.exists() and not resume:
-        checkpoints = run_dir / "checkpoints"
-        if not any((checkpoints / name).exists() for name in ("latest.pt", "previous.pt")):
+        if not has_resumable_checkpoint(run_dir / "checkpoints"):
             raise RunDirError(f"{run_dir} holds a run that stopped before its first checkpoint "
                               "(nothing to resume); delete it or choose another --run-dir")
         raise RunDirError(f"{run_dir} already holds a run; continue it with `adaptbed train "
@@ -557,7 +556,7 @@ def resumable_state(run_dir: Path, cfg: cfglib.Config) -> dict:
     try:
         state, _ = load_latest_checkpoint(run_dir / "checkpoints")
     except RunDirError as err:
-        if not any((run_dir / "checkpoints" / n).exists() for n in ("latest.pt", "previous.pt")):
+        if not has_resumable_checkpoint(run_dir / "checkpoints"):
             raise RunDirError(f"{run_dir} has no checkpoint to resume from (the run stopped "
                               "before its first one); delete it and start again") from None
         raise
