@@ -6,9 +6,12 @@
 For each MuJoCo family, in one run on this machine, it measures (env steps per second, counting
 only the steps of running episodes):
 
-* ``physics_limit_sps``: bare ``mj_step(model, data, frame_skip)`` on one ``MjData`` per
-  thread, one thread per core, random controls, no observation, reward or policy: what the
-  simulator alone can do.
+* ``physics_limit_sps``: bare physics (``frame_skip`` ``mj_step`` per env step) in MuJoCo's
+  own C loop (``mujoco.rollout``), one ``MjData`` per thread, one thread per core, random
+  controls, no Python between steps, no observation, reward or policy: what the simulator
+  alone can do. ``physics_limit_python_sps``: the same episodes stepped by Python threads, one
+  ``mujoco.mj_step(model, data, frame_skip)`` call per env step (the limit as measured until
+  2026-11-29: each call's Python work and GIL hand-over count in it).
 * ``physics_batch_sps``: the same bare ``mj_step``, but over one ``MjData`` per environment of
   the throughput runs (``--envs``), every environment one step per round, the environments
   split between the threads (by the native loop of :mod:`envs.native` where it is available,
@@ -27,7 +30,7 @@ only the steps of running episodes):
   the same envs, tasks, seeds, horizon and policy forward per step.
 * ``sampler_over_physics``, ``sampler_over_physics_batch``, ``sampler_over_best_gym``: the
   ratios; ``iteration_over_physics``: ``iteration_sampling_sps / physics_limit_sps``.
-  The physics limit, the sampler and the batch physics are measured in turn ``--rounds`` times
+  The physics limits, the samplers and the batch physics are measured in turn ``--rounds`` times
   (default 3): their keys hold the medians, the two sampler ratios the median of the per-round
   ratios, and ``<key>_rounds`` every round's value (:func:`interleaved_throughput`).
 * ``iteration_physics_batch_sps``: ``physics_batch_sps`` over as many environments as the
@@ -72,6 +75,7 @@ from typing import Any, Callable, Sequence
 import gymnasium as gym
 import mujoco
 import numpy as np
+from mujoco import rollout
 import torch
 from torch import nn
 
@@ -110,28 +114,63 @@ QUICK_ITERATION = ("maml.meta_batch_size=2", "maml.episodes_per_task=2")
 
 # --- the measurements -----------------------------------------------------------------------------
 def physics_limit_sps(spec: FamilySpec, work: Workload, threads: int) -> float:
-    """Env steps/s of bare ``mj_step(model, data, frame_skip)``, one ``MjData`` per thread."""
-    proto = make(spec.name).unwrapped
-    model, frame_skip = proto.model, int(proto.frame_skip)
-    steps = max(work.num_envs * work.horizon // threads, work.horizon)
+    """Env steps/s of bare physics on ``threads`` threads: ``mujoco.rollout``, MuJoCo's own
+    C loop, one ``MjData`` per thread (hot in its core's caches), no Python between steps.
+
+    ``work.num_envs`` episodes of ``work.horizon`` env steps each (an env step is
+    ``frame_skip`` calls of ``mj_step`` with the control held, as the envs step), from the
+    model's initial state, with uniform random controls; the threads take them one at a time.
+    """
+    model, frame_skip = _model_and_frame_skip(spec)
+    initial, controls = limit_rollout_inputs(model, frame_skip, work)
+    datas = [mujoco.MjData(model) for _ in range(threads)]
+    start = time.perf_counter()
+    rollout.rollout(model, datas, initial, controls, chunk_size=1)
+    return work.num_envs * work.horizon / (time.perf_counter() - start)
+
+
+def limit_rollout_inputs(model: mujoco.MjModel, frame_skip: int, work: Workload
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """The physics limit's rollout: the initial state ``[1, nstate]`` (mjSTATE_FULLPHYSICS of a
+    fresh ``MjData``, i.e. after ``mj_resetData``) and the controls ``[B, T * frame_skip, nu]``,
+    each env step's control repeated for its ``frame_skip`` physics steps."""
+    full = mujoco.mjtState.mjSTATE_FULLPHYSICS
+    initial = np.empty((1, mujoco.mj_stateSize(model, full)))
+    mujoco.mj_getState(model, mujoco.MjData(model), initial[0], full)
     rng = np.random.default_rng(work.seed)
-    controls = rng.uniform(-1.0, 1.0, size=(threads, steps, model.nu))
+    controls = rng.uniform(-1.0, 1.0, size=(work.num_envs, work.horizon, model.nu))
+    return initial, np.repeat(controls, frame_skip, axis=1)
 
-    def run(k: int) -> None:
+
+def physics_limit_python_sps(spec: FamilySpec, work: Workload, threads: int) -> float:
+    """The same physics as :func:`physics_limit_sps` (same episodes, controls, one ``MjData`` per
+    thread), stepped by Python threads with one ``mujoco.mj_step(model, data, frame_skip)``
+    call per env step: the limit as measured until 2026-11-29, which counts the Python call
+    and the GIL hand-over of every step."""
+    model, frame_skip = _model_and_frame_skip(spec)
+    _, controls = limit_rollout_inputs(model, 1, work)  # [B, T, nu]
+    episodes = iter(range(work.num_envs))  # next() is atomic under the GIL
+
+    def run() -> None:
         data = mujoco.MjData(model)
-        for t in range(steps):
-            if t % work.horizon == 0:  # an episode per horizon, as the sampler runs them
-                mujoco.mj_resetData(model, data)
-            data.ctrl[:] = controls[k, t]
-            mujoco.mj_step(model, data, frame_skip)
+        while (b := next(episodes, None)) is not None:
+            mujoco.mj_resetData(model, data)
+            for t in range(work.horizon):
+                data.ctrl[:] = controls[b, t]
+                mujoco.mj_step(model, data, frame_skip)
 
-    workers = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+    workers = [threading.Thread(target=run) for _ in range(threads)]
     start = time.perf_counter()
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    return threads * steps / (time.perf_counter() - start)
+    return work.num_envs * work.horizon / (time.perf_counter() - start)
+
+
+def _model_and_frame_skip(spec: FamilySpec) -> tuple[mujoco.MjModel, int]:
+    proto = make(spec.name).unwrapped
+    return proto.model, int(proto.frame_skip)
 
 
 def physics_batch_sps(spec: FamilySpec, work: Workload, threads: int) -> float:
@@ -139,8 +178,7 @@ def physics_batch_sps(spec: FamilySpec, work: Workload, threads: int) -> float:
     round for ``work.horizon`` rounds, split between the threads: by the native loop of
     :mod:`envs.native` with nothing gathered where it is available (as the sampler steps them),
     else by Python threads, each stepping its own contiguous block."""
-    proto = make(spec.name).unwrapped
-    model, frame_skip = proto.model, int(proto.frame_skip)
+    model, frame_skip = _model_and_frame_skip(spec)
     datas = [mujoco.MjData(model) for _ in range(work.num_envs)]
     rng = np.random.default_rng(work.seed)
     controls = rng.uniform(-1.0, 1.0, size=(work.horizon, work.num_envs, model.nu))
@@ -390,7 +428,8 @@ def interleaved_throughput(spec: FamilySpec, work: Workload, device: str, thread
 
     measure = {"physics_limit_sps": lambda: physics_limit_sps(spec, work, threads),
                "sampler_sps": sampler,
-               "physics_batch_sps": lambda: physics_batch_sps(spec, work, threads)}
+               "physics_batch_sps": lambda: physics_batch_sps(spec, work, threads),
+               "physics_limit_python_sps": lambda: physics_limit_python_sps(spec, work, threads)}
     if envs_native.library() is not None:  # the Python loop too, for comparison
         measure["sampler_python_loop_sps"] = lambda: sampler(False)
     runs: dict[str, list[float]] = {key: [] for key in measure}
@@ -426,7 +465,7 @@ def render(result: dict[str, Any]) -> str:
     lines = [f"{result['family']} ({result['envs']} envs x {result['horizon']} steps, "
              f"{result['threads']} threads, {result['torch_threads']} torch threads, "
              f"{result['device']})"]
-    for key in ("physics_limit_sps", "physics_batch_sps", "sampler_sps",
+    for key in ("physics_limit_sps", "physics_limit_python_sps", "physics_batch_sps", "sampler_sps",
                 "sampler_python_loop_sps", "gym_sync_sps", "gym_async_sps",
                 "iteration_physics_batch_sps", "iteration_sampling_sps"):
         if key in result:

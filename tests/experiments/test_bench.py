@@ -10,7 +10,7 @@ import torch
 
 from experiments import bench, memory
 
-KEYS = ("physics_limit_sps", "physics_batch_sps", "sampler_sps", "gym_sync_sps",
+KEYS = ("physics_limit_sps", "physics_limit_python_sps", "physics_batch_sps", "sampler_sps", "gym_sync_sps",
         "gym_async_sps", "sampler_over_physics", "sampler_over_physics_batch",
         "sampler_over_best_gym", "iteration_over_physics", "peak_rss_mb",
         "iteration_sampling_sps", "iteration_physics_batch_sps",
@@ -119,3 +119,25 @@ def test_cuda_without_gpu_exits_2_with_one_line(capsys):
     assert bench.main(["--quick", "--device", "cuda", "--family", "HalfCheetahVel"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no CUDA GPU" in err[0]
+
+
+@pytest.mark.parametrize("name", ["HalfCheetahVel", "AntVel"])
+def test_physics_limit_rolls_out_the_envs_physics(name):
+    """The limit's C rollout steps what the env steps: from a fresh ``MjData``, ``frame_skip``
+    ``mj_step`` calls per env step with the control held (checked against Python stepping)."""
+    spec = bench.family(name)
+    work = bench.Workload(tasks=1, episodes_per_task=2, horizon=6)
+    model, frame_skip = bench._model_and_frame_skip(spec)
+    initial, controls = bench.limit_rollout_inputs(model, frame_skip, work)
+    assert controls.shape == (2, 6 * frame_skip, model.nu)
+    states, _ = bench.rollout.rollout(model, [bench.mujoco.MjData(model)], initial, controls)
+    for b in range(2):
+        data = bench.mujoco.MjData(model)
+        for t in range(work.horizon):
+            data.ctrl[:] = controls[b, t * frame_skip]
+            bench.mujoco.mj_step(model, data, frame_skip)
+        assert data.qpos == pytest.approx(states[b, -1, 1:1 + model.nq], abs=1e-9)
+        assert data.qvel == pytest.approx(states[b, -1, 1 + model.nq:1 + model.nq + model.nv],
+                                          abs=1e-9)
+    assert bench.physics_limit_sps(spec, work, threads=2) > 0
+    assert bench.physics_limit_python_sps(spec, work, threads=2) > 0
