@@ -7,7 +7,7 @@ For each family, each thread count ``k`` and each ``min_envs_per_thread`` it pri
 object (one line) with:
 
 * ``physics_limit_sps``: :func:`experiments.bench.physics_limit_sps` on ``k`` threads (bare
-  ``mj_step``, one ``MjData`` per thread, 64 envs x 200 steps of work);
+  physics in MuJoCo's C rollout loop, one ``MjData`` per thread, 64 envs x 200 steps of work);
 * ``sampler_<T>x<E>_sps`` for every size: :func:`meta.sampler.sample_episodes` on a
   :class:`envs.mujoco_batch.MujocoBatchEnv` of ``T`` tasks x ``E`` episodes stepped by ``k``
   threads (``num_threads=k``; the default is every core) and waking a thread only for at least
