@@ -22,7 +22,8 @@ How it steps:
       :mod:`envs.native`, on its own pool of ``num_threads - 1`` threads plus the calling one,
       with the GIL released for the whole step, so no per-environment Python work is left
       (measured on 2 cores: a halfcheetah-vel meta-iteration's sampling took 6.35-6.78 s
-      against 7.73-7.84 s with the Python loop, 0.66-0.72 of the physics limit; README,
+      against 7.73-7.84 s with the Python loop, 0.66-0.72 of the physics limit as then measured,
+      by Python threads; README,
       "Fast sampling");
     * Python (``native=False``, ``ADAPTBED_NATIVE=0``, or not built): the running envs are cut
       into blocks; the calling thread and up to ``num_threads - 1`` pool threads take the next

@@ -2,7 +2,7 @@
 
 The batched simulator's Python loop holds the GIL for every environment's control write, MuJoCo
 call and state copy; on 2 cores that serial work kept the meta-batch sampling at 0.59-0.70 of
-the physics limit. ``envs/mjbatch.c`` runs the same loop in C on its own thread pool, with the
+the physics limit (as then measured, by Python threads). ``envs/mjbatch.c`` runs the same loop in C on its own thread pool, with the
 GIL released for the whole step (``ctypes`` releases it around foreign calls): per environment
 it writes the control, calls ``mj_step`` ``frame_skip`` times and ``mj_rnePostConstraint`` where
 asked, then copies the fields the observation and reward need into batch arrays. It calls the

@@ -120,13 +120,27 @@ def physics_limit_sps(spec: FamilySpec, work: Workload, threads: int) -> float:
     ``work.num_envs`` episodes of ``work.horizon`` env steps each (an env step is
     ``frame_skip`` calls of ``mj_step`` with the control held, as the envs step), from the
     model's initial state, with uniform random controls; the threads take them one at a time.
+    Only the rollout is timed: its thread pool starts before, its inputs are prepared before,
+    and it copies no state out.
+
+    Raises:
+        RuntimeError: a MuJoCo warning stopped an episode early (the C loop stops an episode at
+            its first warning), so fewer steps ran than counted. Checked on each thread's last
+            episode.
     """
     model, frame_skip = _model_and_frame_skip(spec)
     initial, controls = limit_rollout_inputs(model, frame_skip, work)
+    initial = np.repeat(initial, work.num_envs, axis=0)  # [B, nstate], as the loop reads it
     datas = [mujoco.MjData(model) for _ in range(threads)]
-    start = time.perf_counter()
-    rollout.rollout(model, datas, initial, controls, chunk_size=1)
-    return work.num_envs * work.horizon / (time.perf_counter() - start)
+    with rollout.Rollout(nthread=threads if threads > 1 else 0) as pool:
+        start = time.perf_counter()
+        pool.rollout([model] * work.num_envs, datas, initial, controls, skip_checks=True,
+                     nstep=controls.shape[1], chunk_size=1)
+        seconds = time.perf_counter() - start
+    if any(w.number for data in datas for w in data.warning):
+        raise RuntimeError(f"{spec.name}: a MuJoCo warning stopped a rollout episode of the "
+                           "physics limit early")
+    return work.num_envs * work.horizon / seconds
 
 
 def limit_rollout_inputs(model: mujoco.MjModel, frame_skip: int, work: Workload
@@ -409,11 +423,13 @@ def bench_family(spec: FamilySpec, work: Workload, device: str, quick: bool,
 
 def interleaved_throughput(spec: FamilySpec, work: Workload, device: str, threads: int,
                            rounds: int) -> dict[str, Any]:
-    """The physics limit, the sampler and the physics over the sampler's states, measured in
-    turn ``rounds`` times, so that each sampler measurement has a physics limit taken seconds
-    from it: the machine's speed drifts between runs by more than the ratios differ.
+    """The physics limits (C loop and Python threads), the sampler (with each stepping loop)
+    and the physics over the sampler's states, measured in turn ``rounds`` times, so that each
+    sampler measurement has a physics limit taken seconds from it: the machine's speed drifts
+    between runs by more than the ratios differ.
 
-    Returns the medians (``physics_limit_sps``, ``sampler_sps``, ``physics_batch_sps``), the
+    Returns the medians (``physics_limit_sps``, ``physics_limit_python_sps``, ``sampler_sps``,
+    ``sampler_python_loop_sps`` where the native loop is built, ``physics_batch_sps``), the
     median of the per-round ratios (``sampler_over_physics``, ``sampler_over_physics_batch``),
     the cores the sampler kept busy (``sampler_cores_busy``, see :func:`sampler_sps`) and every
     round's numbers (the same keys with ``_rounds``).
@@ -512,8 +528,8 @@ def parser() -> Parser:
                         f"{FULL.episodes_per_task}; --quick: {QUICK.num_envs} = {QUICK.tasks} x "
                         f"{QUICK.episodes_per_task})")
     p.add_argument("--rounds", type=int, default=3, metavar="R",
-                   help="the physics limit, the sampler and the batch physics are measured in "
-                        "turn R times; medians reported (default 3)")
+                   help="the physics limits, the samplers and the batch physics are measured "
+                        "in turn R times; medians reported (default 3)")
     p.add_argument("--iteration-only", action="store_true",
                    help="measure only the meta-iteration's time split and memory (compare "
                         "configs quickly)")

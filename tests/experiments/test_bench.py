@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,20 +125,24 @@ def test_cuda_without_gpu_exits_2_with_one_line(capsys):
 @pytest.mark.parametrize("name", ["HalfCheetahVel", "AntVel"])
 def test_physics_limit_rolls_out_the_envs_physics(name):
     """The limit's C rollout steps what the env steps: from a fresh ``MjData``, ``frame_skip``
-    ``mj_step`` calls per env step with the control held (checked against Python stepping)."""
+    ``mj_step`` calls per env step with the control held, whole episodes, on two threads
+    (checked against Python stepping; no warning may stop an episode early)."""
     spec = bench.family(name)
-    work = bench.Workload(tasks=1, episodes_per_task=2, horizon=6)
+    work = bench.Workload(tasks=1, episodes_per_task=3, horizon=200)
     model, frame_skip = bench._model_and_frame_skip(spec)
     initial, controls = bench.limit_rollout_inputs(model, frame_skip, work)
-    assert controls.shape == (2, 6 * frame_skip, model.nu)
-    states, _ = bench.rollout.rollout(model, [bench.mujoco.MjData(model)], initial, controls)
-    for b in range(2):
+    assert initial.shape[0] == 1 and controls.shape == (3, 200 * frame_skip, model.nu)
+    datas = [bench.mujoco.MjData(model) for _ in range(2)]
+    with bench.rollout.Rollout(nthread=2) as pool:
+        states, _ = pool.rollout(model, datas, initial, controls, chunk_size=1)
+    nq, nv = model.nq, model.nv
+    for b in range(3):
         data = bench.mujoco.MjData(model)
         for t in range(work.horizon):
             data.ctrl[:] = controls[b, t * frame_skip]
             bench.mujoco.mj_step(model, data, frame_skip)
-        assert data.qpos == pytest.approx(states[b, -1, 1:1 + model.nq], abs=1e-9)
-        assert data.qvel == pytest.approx(states[b, -1, 1 + model.nq:1 + model.nq + model.nv],
-                                          abs=1e-9)
+        assert not any(w.number for w in data.warning)
+        np.testing.assert_array_equal(data.qpos, states[b, -1, 1:1 + nq])
+        np.testing.assert_array_equal(data.qvel, states[b, -1, 1 + nq:1 + nq + nv])
     assert bench.physics_limit_sps(spec, work, threads=2) > 0
     assert bench.physics_limit_python_sps(spec, work, threads=2) > 0
