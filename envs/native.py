@@ -2,13 +2,13 @@
 
 The batched simulator's Python loop holds the GIL for every environment's control write, MuJoCo
 call and state copy; on 2 cores that serial work kept the meta-batch sampling at 0.59-0.70 of
-the physics limit (as then measured, by Python threads). ``envs/mjbatch.c`` runs the same loop in C on its own thread pool, with the
-GIL released for the whole step (``ctypes`` releases it around foreign calls): per environment
-it writes the control, calls ``mj_step`` ``frame_skip`` times and ``mj_rnePostConstraint`` where
-asked, then copies the fields the observation and reward need into batch arrays. It calls the
-very ``mj_step`` of the ``libmujoco`` that the ``mujoco`` package loaded, on the same
-``MjData``, so the results are bit for bit those of the Python loop
-(``tests/envs/test_mujoco_batch.py`` runs its comparisons with both).
+the physics limit (as then measured, by Python threads). ``envs/mjbatch.c`` runs the same loop
+in C on its own thread pool, with the GIL released for the whole step (``ctypes`` releases it
+around foreign calls): per environment it writes the control, calls ``mj_step`` ``frame_skip``
+times and ``mj_rnePostConstraint`` where asked, then copies the fields the observation and
+reward need into batch arrays. It calls the very ``mj_step`` of the ``libmujoco`` that the
+``mujoco`` package loaded, on the same ``MjData``, so the results are bit for bit those of
+the Python loop (``tests/envs/test_mujoco_batch.py`` runs its comparisons with both).
 
 Building:
     ``pip install`` compiles the C file as the (otherwise empty) extension module

@@ -481,8 +481,8 @@ def render(result: dict[str, Any]) -> str:
     lines = [f"{result['family']} ({result['envs']} envs x {result['horizon']} steps, "
              f"{result['threads']} threads, {result['torch_threads']} torch threads, "
              f"{result['device']})"]
-    for key in ("physics_limit_sps", "physics_limit_python_sps", "physics_batch_sps", "sampler_sps",
-                "sampler_python_loop_sps", "gym_sync_sps", "gym_async_sps",
+    for key in ("physics_limit_sps", "physics_limit_python_sps", "physics_batch_sps",
+                "sampler_sps", "sampler_python_loop_sps", "gym_sync_sps", "gym_async_sps",
                 "iteration_physics_batch_sps", "iteration_sampling_sps"):
         if key in result:
             lines.append(f"  {key:<28}{result[key]:>12,.0f} env steps/s")

@@ -11,8 +11,8 @@ import torch
 
 from experiments import bench, memory
 
-KEYS = ("physics_limit_sps", "physics_limit_python_sps", "physics_batch_sps", "sampler_sps", "gym_sync_sps",
-        "gym_async_sps", "sampler_over_physics", "sampler_over_physics_batch",
+KEYS = ("physics_limit_sps", "physics_limit_python_sps", "physics_batch_sps", "sampler_sps",
+        "gym_sync_sps", "gym_async_sps", "sampler_over_physics", "sampler_over_physics_batch",
         "sampler_over_best_gym", "iteration_over_physics", "peak_rss_mb",
         "iteration_sampling_sps", "iteration_physics_batch_sps",
         "iteration_over_physics_batch")
