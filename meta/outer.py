@@ -60,6 +60,18 @@ class MetaBatch:
         ``[m, T, E, ...]``; the batch itself when ``m >= N``."""
         return self.task_range(0, m)
 
+    def select_tasks(self, tasks: Sequence[int]) -> "MetaBatch":
+        """The batch restricted to ``tasks`` (indices, in that order); the batch itself when
+        that is all of them in order."""
+        tasks = list(tasks)
+        if tasks == list(range(self.num_tasks)):
+            return self
+        if tasks == list(range(tasks[0], tasks[-1] + 1)):  # a range: views, no copies
+            return self.task_range(tasks[0], tasks[-1] + 1)
+        index = torch.tensor(tasks, device=self.valid.mask.device)
+        return MetaBatch([e.map(lambda x: x[index]) for e in self.train],
+                         self.valid.map(lambda x: x[index]))
+
     def task_range(self, start: int, stop: int) -> "MetaBatch":
         """The batch restricted to tasks ``start:stop``; the batch itself when that is all."""
         if start <= 0 and stop >= self.num_tasks:
@@ -185,7 +197,9 @@ class TRPO(OuterOptimizer):
     the gradient and the line search still use every task, so the exact KL bound holds.
 
     Each line-search trial stops as soon as the KL bound is certainly broken
-    (:func:`candidate_loss_and_kl`), with the decisions of the full evaluation.
+    (:func:`candidate_loss_and_kl`), with the decisions of the full evaluation; it evaluates
+    the tasks with the largest KL in the trials before first (:func:`evaluation_order`), so a
+    rejected trial stops sooner.
     """
 
     def __init__(self, policy: nn.Module, inner: InnerLoop, max_kl: float = 0.01,
@@ -224,13 +238,16 @@ class TRPO(OuterOptimizer):
                     "accepted": 0.0, "non_finite_gradient": float(not _finite(g, step_dir, shs))}
         full_step = step_dir / torch.sqrt(shs / self.max_kl)
         theta = flat([p.detach() for p in params.values()])
+        kl_estimate = torch.full((batch.num_tasks,), float("nan"), dtype=theta.dtype,
+                                 device=theta.device)
         for k in range(self.ls_max_steps):
             candidate = unflat(theta - self.ls_backtrack_ratio**k * full_step, params)
             trial = candidate_loss_and_kl(self.policy, candidate, batch, self.inner, old,
-                                          self.max_kl)
-            if trial is None:  # the KL bound is already broken
+                                          self.max_kl, order=evaluation_order(kl_estimate))
+            kl_estimate = torch.where(torch.isnan(trial.task_kl), kl_estimate, trial.task_kl)
+            if trial.rejected_early:  # the KL bound is already broken
                 continue
-            new_loss, new_kl = trial
+            new_loss, new_kl = trial.loss, trial.kl
             if _finite(new_loss, new_kl) and new_loss < loss and new_kl <= self.max_kl:
                 self._write(candidate)
                 return {**metrics, "loss_after": float(new_loss), "kl": float(new_kl),
@@ -260,37 +277,84 @@ class TRPO(OuterOptimizer):
         return kl_hessian_product(self.policy, list(self.params.values()), old, new, batch.valid)
 
 
-#: The line search evaluates a candidate on this many chunks of the tasks at most, checking
-#: the KL bound after each (see :func:`candidate_loss_and_kl`).
+#: With the vmap-ed inner loop (``"batched"``), the line search evaluates a candidate on this
+#: many chunks of the tasks at most, checking the KL bound after each; the per-task loop checks
+#: it after every task (see :func:`candidate_loss_and_kl`).
 LINE_SEARCH_CHUNKS = 8
+
+
+@dataclass(frozen=True)
+class LineSearchTrial:
+    """What one line-search trial measured.
+
+    Attributes:
+        loss, kl: the surrogate and the mean KL over all ``N`` tasks (scalars); None when the
+            trial stopped early because the KL bound was certainly broken.
+        task_kl: ``[N]`` every evaluated task's mean KL, NaN for the tasks not evaluated.
+    """
+
+    loss: Tensor | None
+    kl: Tensor | None
+    task_kl: Tensor
+
+    @property
+    def rejected_early(self) -> bool:
+        return self.loss is None
+
+
+def evaluation_order(kl_estimate: Tensor) -> list[int]:
+    """The order in which a line-search trial evaluates the tasks: largest expected KL first.
+
+    ``kl_estimate [N]`` holds each task's KL in the latest trial that evaluated it, NaN where
+    none did (then the mean of the known ones stands in; all NaN: the tasks in order). Each
+    trial shrinks the step by the same factor, so a task's KL keeps its rank from trial to
+    trial, and the tasks that break the bound come first. Ties keep the task order.
+    """
+    known = ~torch.isnan(kl_estimate)
+    if not bool(known.any()):
+        return list(range(kl_estimate.numel()))
+    key = torch.where(known, kl_estimate, kl_estimate[known].mean())
+    return torch.argsort(-key, stable=True).tolist()
 
 
 @torch.no_grad()
 def candidate_loss_and_kl(policy: nn.Module, candidate: Mapping[str, Tensor], batch: MetaBatch,
-                          inner: InnerLoop, old: DistParams, max_kl: float
-                          ) -> tuple[Tensor, Tensor] | None:
-    """The surrogate and the mean KL (scalars) of the policies adapted from ``candidate``, for
-    one line-search trial; None once the KL bound is certainly broken.
+                          inner: InnerLoop, old: DistParams, max_kl: float,
+                          order: Sequence[int] | None = None) -> LineSearchTrial:
+    """The surrogate and the mean KL of the policies adapted from ``candidate``, for one
+    line-search trial, or where it stopped once the KL bound was certainly broken.
 
-    The tasks are adapted and evaluated in up to :data:`LINE_SEARCH_CHUNKS` chunks. Every
-    task's KL is non-negative, so as soon as the KL summed over the tasks done so far exceeds
-    ``N * max_kl`` the mean over all ``N`` tasks does too: the trial is rejected without the
-    remaining tasks. The decision is the one the full evaluation would take (up to float
-    rounding exactly at the bound), and a completed trial's numbers are those of all tasks
-    (each task's adaptation depends on its own episodes only).
+    The tasks are adapted and evaluated in ``order`` (default: as they come), one at a time
+    with the per-task inner loop, in up to :data:`LINE_SEARCH_CHUNKS` chunks with the vmap-ed
+    one. Every task's KL is non-negative, so as soon as the KL summed over the tasks done so
+    far exceeds ``N * max_kl`` the mean over all ``N`` tasks does too: the trial is rejected
+    without the remaining tasks. The decision is the one the full evaluation would take (up to
+    float rounding exactly at the bound), and a completed trial's numbers are those of all
+    tasks (each task's adaptation depends on its own episodes only; the means are taken in
+    task order, whatever the evaluation order).
     """
     n = batch.num_tasks
-    size = math.ceil(n / LINE_SEARCH_CHUNKS)
-    losses, kls = [], []
+    order = list(range(n)) if order is None else list(order)
+    if sorted(order) != list(range(n)):
+        raise ValueError(f"order must be a permutation of the {n} tasks, got {order}")
+    size = 1 if inner.batching == "loop" else math.ceil(n / LINE_SEARCH_CHUNKS)
+    device = old[0].device
+    losses = torch.full((n,), float("nan"), dtype=old[0].dtype, device=device)
+    kls = torch.full_like(losses, float("nan"))
+    kl_sum = torch.zeros((), dtype=losses.dtype, device=device)
     for start in range(0, n, size):
-        part = batch.task_range(start, start + size)
-        part_old = tuple(d[start:start + size] for d in old)
+        tasks = order[start:start + size]
+        index = torch.tensor(tasks, device=device)
+        part = batch.select_tasks(tasks)
+        part_old = tuple(d[index] for d in old)
         dist = adapted_dist(policy, candidate, part, inner, create_graph=False)
-        losses.append(surrogate_loss(policy, dist, part_old, part.valid))
-        kls.append(mean_kl(policy, part_old, dist, part.valid))
-        if start + size < n and bool(torch.cat(kls).sum() > n * max_kl):
-            return None
-    return torch.cat(losses).mean(), torch.cat(kls).mean()
+        losses[index] = surrogate_loss(policy, dist, part_old, part.valid)
+        part_kl = mean_kl(policy, part_old, dist, part.valid)
+        kls[index] = part_kl
+        kl_sum = kl_sum + part_kl.sum()
+        if start + size < n and bool(kl_sum > n * max_kl):
+            return LineSearchTrial(None, None, kls)
+    return LineSearchTrial(losses.mean(), kls.mean(), kls)
 
 
 def kl_hessian_product(policy: nn.Module, params: Sequence[Tensor], old: DistParams,

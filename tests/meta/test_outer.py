@@ -455,18 +455,98 @@ def test_line_search_trial_equals_the_full_evaluation_and_stops_early_past_the_b
     kl = outer.mean_kl(policy, old, full, batch.valid).mean()
     assert kl > 0
     got = outer.candidate_loss_and_kl(policy, candidate, batch, INNER, old, max_kl=10 * float(kl))
-    assert got is not None
-    torch.testing.assert_close(got[0], loss, rtol=1e-12, atol=1e-15)
-    torch.testing.assert_close(got[1], kl, rtol=1e-12, atol=1e-15)
+    assert not got.rejected_early
+    torch.testing.assert_close(got.loss, loss, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(got.kl, kl, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(got.task_kl.mean(), kl, rtol=1e-12, atol=1e-15)
 
     first = float(outer.mean_kl(policy, tuple(d[:1] for d in old), tuple(d[:1] for d in full),
                                 batch.task_range(0, 1).valid)[0].detach())
     real, adapted = outer.adapted_dist, []
     monkeypatch.setattr(outer, "adapted_dist", lambda *a, **k: adapted.append(1) or real(*a, **k))
     bound = 0.99 * first / N  # the first task alone already breaks it
-    assert outer.candidate_loss_and_kl(policy, candidate, batch, INNER, old, bound) is None
+    trial = outer.candidate_loss_and_kl(policy, candidate, batch, INNER, old, bound)
+    assert trial.rejected_early and trial.loss is None and trial.kl is None
     assert len(adapted) == 1  # one chunk (one task of N = 3) adapted, not all
+    assert float(trial.task_kl[0]) == pytest.approx(first, rel=1e-12)
+    assert torch.isnan(trial.task_kl[1:]).all()  # the tasks not evaluated
     assert kl > bound  # the full evaluation rejects it too
+
+
+@pytest.mark.parametrize("batching", ["loop", "batched"])
+def test_line_search_trial_is_the_same_in_any_task_order(batching):
+    """Evaluating the tasks in another order changes neither the numbers of a completed trial
+    (the means are taken in task order; bit for bit with the per-task loop) nor which tasks'
+    KL make an early rejection."""
+    inner = dataclasses.replace(INNER, batching=batching)
+    policy, batch = make_policy(7), make_batch(7)
+    params = dict(policy.named_parameters())
+    old = outer._detach_dist(outer.adapted_dist(policy, params, batch, inner, create_graph=False))
+    g = torch.Generator().manual_seed(1)
+    candidate = {k: v.detach() + 0.05 * torch.randn(v.shape, generator=g, dtype=F64)
+                 for k, v in params.items()}
+    ahead = outer.candidate_loss_and_kl(policy, candidate, batch, inner, old, max_kl=1e9)
+    turned = outer.candidate_loss_and_kl(policy, candidate, batch, inner, old, max_kl=1e9,
+                                         order=[2, 0, 1])
+    if batching == "loop":
+        assert torch.equal(ahead.loss, turned.loss) and torch.equal(ahead.kl, turned.kl)
+        assert torch.equal(ahead.task_kl, turned.task_kl)
+    else:
+        torch.testing.assert_close(turned.loss, ahead.loss, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(turned.task_kl, ahead.task_kl, rtol=1e-12, atol=1e-15)
+    # the last task alone breaks a bound set just under its own share: first in order, it is
+    # the only task evaluated
+    bound = 0.99 * float(ahead.task_kl[2]) / N
+    trial = outer.candidate_loss_and_kl(policy, candidate, batch, inner, old, bound,
+                                        order=[2, 0, 1])
+    assert trial.rejected_early
+    assert torch.isnan(trial.task_kl[:2]).all() and not torch.isnan(trial.task_kl[2])
+    with pytest.raises(ValueError, match="permutation"):
+        outer.candidate_loss_and_kl(policy, candidate, batch, inner, old, 1.0, order=[0, 0, 1])
+
+
+def test_evaluation_order_puts_the_largest_known_kl_first():
+    nan = float("nan")
+    assert outer.evaluation_order(torch.full((4,), nan)) == [0, 1, 2, 3]
+    assert outer.evaluation_order(torch.tensor([0.1, 0.3, 0.2, 0.3])) == [1, 3, 2, 0]
+    # unknown tasks stand at the mean of the known ones (0.2 here): after 0.3, before 0.1
+    assert outer.evaluation_order(torch.tensor([0.1, nan, 0.3, nan])) == [2, 1, 3, 0]
+
+
+def test_trpo_line_search_orders_the_tasks_by_their_kl_in_the_trials_before(monkeypatch):
+    """Each trial after the first evaluates the tasks in the order of their latest measured
+    KL; the step taken is the one of evaluating them in task order, bit for bit."""
+    inner = dataclasses.replace(INNER, batching="loop")
+    batch = make_batch(3)
+    real, calls = outer.candidate_loss_and_kl, []
+
+    def recorded(*args, **kwargs):
+        trial = real(*args, **kwargs)
+        calls.append((list(kwargs["order"]), trial.task_kl.clone()))
+        return trial
+
+    monkeypatch.setattr(outer, "candidate_loss_and_kl", recorded)
+    real_cg = outer.conjugate_gradient_and_product
+    # x^T F x read 100x too small: a first trial 10x too long, about 100x the KL bound, so the
+    # line search needs several trials
+    monkeypatch.setattr(outer, "conjugate_gradient_and_product",
+                        lambda *a: (lambda x, fx: (x, 0.01 * fx))(*real_cg(*a)))
+    policy = make_policy(3)
+    metrics = TRPO(policy, inner, max_kl=1e-4, ls_max_steps=15, ls_backtrack_ratio=0.5).step(batch)
+    assert metrics["accepted"] == 1.0 and len(calls) >= 2
+    assert calls[0][0] == list(range(N))
+    assert any(order != list(range(N)) for order, _ in calls)  # the order did change
+    estimate = torch.full((N,), float("nan"), dtype=F64)
+    for (order, task_kl), (next_order, _) in zip(calls, calls[1:]):
+        estimate = torch.where(torch.isnan(task_kl), estimate, task_kl)
+        assert next_order == outer.evaluation_order(estimate)
+    monkeypatch.setattr(outer, "evaluation_order", lambda kl: list(range(kl.numel())))
+    in_task_order = make_policy(3)
+    same = TRPO(in_task_order, inner, max_kl=1e-4, ls_max_steps=15,
+                ls_backtrack_ratio=0.5).step(batch)
+    assert same == metrics
+    for a, b in zip(policy.parameters(), in_task_order.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_trpo_without_an_improving_direction_changes_nothing():
