@@ -61,9 +61,16 @@ class MetaBatch:
         return self.task_range(0, m)
 
     def select_tasks(self, tasks: Sequence[int]) -> "MetaBatch":
-        """The batch restricted to ``tasks`` (indices, in that order); the batch itself when
-        that is all of them in order."""
-        tasks = list(tasks)
+        """The batch restricted to ``tasks`` (indices, in that order): every tensor
+        ``[len(tasks), T, E, ...]``; the batch itself when that is all of them in order.
+
+        Raises:
+            ValueError: ``tasks`` is empty or holds an index outside ``[0, N)``.
+        """
+        tasks = [int(t) for t in tasks]
+        if not tasks or not all(0 <= t < self.num_tasks for t in tasks):
+            raise ValueError(f"tasks must be a non-empty list of indices in [0, "
+                             f"{self.num_tasks}), got {tasks}")
         if tasks == list(range(self.num_tasks)):
             return self
         if tasks == list(range(tasks[0], tasks[-1] + 1)):  # a range: views, no copies
@@ -244,7 +251,9 @@ class TRPO(OuterOptimizer):
             candidate = unflat(theta - self.ls_backtrack_ratio**k * full_step, params)
             trial = candidate_loss_and_kl(self.policy, candidate, batch, self.inner, old,
                                           self.max_kl, order=evaluation_order(kl_estimate))
-            kl_estimate = torch.where(torch.isnan(trial.task_kl), kl_estimate, trial.task_kl)
+            # KL grows about as the step's square: keep every estimate at the full step's scale
+            at_full_step = trial.task_kl / self.ls_backtrack_ratio ** (2 * k)
+            kl_estimate = torch.where(torch.isnan(trial.task_kl), kl_estimate, at_full_step)
             if trial.rejected_early:  # the KL bound is already broken
                 continue
             new_loss, new_kl = trial.loss, trial.kl
@@ -288,8 +297,8 @@ class LineSearchTrial:
     """What one line-search trial measured.
 
     Attributes:
-        loss, kl: the surrogate and the mean KL over all ``N`` tasks (scalars); None when the
-            trial stopped early because the KL bound was certainly broken.
+        loss, kl: the surrogate and the mean KL over all ``N`` tasks (0-dim tensors); None
+            when the trial stopped early because the KL bound was certainly broken.
         task_kl: ``[N]`` every evaluated task's mean KL, NaN for the tasks not evaluated.
     """
 
@@ -299,16 +308,20 @@ class LineSearchTrial:
 
     @property
     def rejected_early(self) -> bool:
+        """Whether the trial stopped before evaluating every task (then it is rejected)."""
         return self.loss is None
 
 
 def evaluation_order(kl_estimate: Tensor) -> list[int]:
     """The order in which a line-search trial evaluates the tasks: largest expected KL first.
 
-    ``kl_estimate [N]`` holds each task's KL in the latest trial that evaluated it, NaN where
-    none did (then the mean of the known ones stands in; all NaN: the tasks in order). Each
-    trial shrinks the step by the same factor, so a task's KL keeps its rank from trial to
-    trial, and the tasks that break the bound come first. Ties keep the task order.
+    ``kl_estimate [N]`` holds each task's KL in the latest trial that evaluated it, brought to
+    one step length (:class:`TRPO` divides it by the square of the trial's backtracking
+    factor: near the current parameters the KL grows as the step's square), NaN where no
+    trial did (then the mean of the known ones stands in; all NaN: the tasks in order). Each
+    trial only shortens the step, so the tasks' KL tend to keep their ranks from trial to
+    trial, and the tasks that break the bound come first. Ties keep the task order. Only the
+    cost of a trial depends on the order, never its outcome.
     """
     known = ~torch.isnan(kl_estimate)
     if not bool(known.any()):
@@ -321,38 +334,45 @@ def evaluation_order(kl_estimate: Tensor) -> list[int]:
 def candidate_loss_and_kl(policy: nn.Module, candidate: Mapping[str, Tensor], batch: MetaBatch,
                           inner: InnerLoop, old: DistParams, max_kl: float,
                           order: Sequence[int] | None = None) -> LineSearchTrial:
-    """The surrogate and the mean KL of the policies adapted from ``candidate``, for one
-    line-search trial, or where it stopped once the KL bound was certainly broken.
+    """One line-search trial: the surrogate and the mean KL of the policies adapted from
+    ``candidate``, as a :class:`LineSearchTrial` (without them when it stopped early).
 
-    The tasks are adapted and evaluated in ``order`` (default: as they come), one at a time
-    with the per-task inner loop, in up to :data:`LINE_SEARCH_CHUNKS` chunks with the vmap-ed
-    one. Every task's KL is non-negative, so as soon as the KL summed over the tasks done so
-    far exceeds ``N * max_kl`` the mean over all ``N`` tasks does too: the trial is rejected
-    without the remaining tasks. The decision is the one the full evaluation would take (up to
-    float rounding exactly at the bound), and a completed trial's numbers are those of all
-    tasks (each task's adaptation depends on its own episodes only; the means are taken in
-    task order, whatever the evaluation order).
+    The tasks are adapted and evaluated in ``order`` (a permutation of the ``N`` tasks;
+    default: as they come), one at a time with the per-task inner loop, in up to
+    :data:`LINE_SEARCH_CHUNKS` chunks with the vmap-ed one. Every task's KL is non-negative,
+    so as soon as the KL summed over the tasks done so far exceeds ``N * max_kl`` the mean
+    over all ``N`` tasks does too: the trial is rejected without the remaining tasks (also
+    when that sum is NaN, which the full evaluation rejects as non-finite). The decision is
+    the one the full evaluation would take (up to float rounding exactly at the bound), and a
+    completed trial's numbers are those of all tasks: each task's adaptation depends on its
+    own episodes only, and the means are taken in task order whatever the evaluation order,
+    so with the per-task loop they are the same bit for bit in any order (with the vmap-ed
+    one, up to float rounding).
+
+    Raises:
+        ValueError: ``order`` is not a permutation of the tasks.
     """
     n = batch.num_tasks
     order = list(range(n)) if order is None else list(order)
     if sorted(order) != list(range(n)):
         raise ValueError(f"order must be a permutation of the {n} tasks, got {order}")
     size = 1 if inner.batching == "loop" else math.ceil(n / LINE_SEARCH_CHUNKS)
-    device = old[0].device
-    losses = torch.full((n,), float("nan"), dtype=old[0].dtype, device=device)
-    kls = torch.full_like(losses, float("nan"))
-    kl_sum = torch.zeros((), dtype=losses.dtype, device=device)
+    losses = kls = kl_sum = None
     for start in range(0, n, size):
         tasks = order[start:start + size]
-        index = torch.tensor(tasks, device=device)
+        index = torch.tensor(tasks, device=old[0].device)
         part = batch.select_tasks(tasks)
         part_old = tuple(d[index] for d in old)
         dist = adapted_dist(policy, candidate, part, inner, create_graph=False)
-        losses[index] = surrogate_loss(policy, dist, part_old, part.valid)
+        part_loss = surrogate_loss(policy, dist, part_old, part.valid)
         part_kl = mean_kl(policy, part_old, dist, part.valid)
-        kls[index] = part_kl
+        if losses is None:  # [N], in the dtypes the losses come in
+            losses = part_loss.new_full((n,), float("nan"))
+            kls = part_kl.new_full((n,), float("nan"))
+            kl_sum = part_kl.new_zeros(())
+        losses[index], kls[index] = part_loss, part_kl
         kl_sum = kl_sum + part_kl.sum()
-        if start + size < n and bool(kl_sum > n * max_kl):
+        if start + size < n and not bool(kl_sum <= n * max_kl):  # beyond it, or NaN
             return LineSearchTrial(None, None, kls)
     return LineSearchTrial(losses.mean(), kls.mean(), kls)
 

@@ -473,11 +473,36 @@ def test_line_search_trial_equals_the_full_evaluation_and_stops_early_past_the_b
     assert kl > bound  # the full evaluation rejects it too
 
 
-@pytest.mark.parametrize("batching", ["loop", "batched"])
-def test_line_search_trial_is_the_same_in_any_task_order(batching):
+def cat_batches(batches: list[MetaBatch]) -> MetaBatch:
+    """The batches' tasks one after the other: ``[sum of N, T, E, ...]``."""
+    def cat(parts: list[Episodes]) -> Episodes:
+        fields = [f.name for f in dataclasses.fields(Episodes)]
+        return Episodes(**{k: None if getattr(parts[0], k) is None
+                           else torch.cat([getattr(p, k) for p in parts]) for k in fields})
+
+    return MetaBatch([cat([b.train[0] for b in batches])], cat([b.valid for b in batches]))
+
+
+def test_select_tasks_picks_the_tasks_in_the_order_given():
+    batch = make_batch(0)
+    assert batch.select_tasks([0, 1, 2]) is batch
+    for tasks in ([2, 0], [1, 2], [1]):
+        part = batch.select_tasks(tasks)
+        assert part.num_tasks == len(tasks)
+        assert torch.equal(part.valid.observations, batch.valid.observations[tasks])
+        assert torch.equal(part.train[0].advantages, batch.train[0].advantages[tasks])
+    for bad in ([], [-1], [0, 3]):
+        with pytest.raises(ValueError, match="indices"):
+            batch.select_tasks(bad)
+
+
+@pytest.mark.parametrize("batching,chunks", [("loop", 8), ("batched", 8), ("batched", 2)])
+def test_line_search_trial_is_the_same_in_any_task_order(batching, chunks, monkeypatch):
     """Evaluating the tasks in another order changes neither the numbers of a completed trial
     (the means are taken in task order; bit for bit with the per-task loop) nor which tasks'
-    KL make an early rejection."""
+    KL make an early rejection. With 2 chunks of the 3 tasks, the vmap-ed form evaluates the
+    chunk (task 2, task 0) first: tasks gathered out of order."""
+    monkeypatch.setattr(outer, "LINE_SEARCH_CHUNKS", chunks)
     inner = dataclasses.replace(INNER, batching=batching)
     policy, batch = make_policy(7), make_batch(7)
     params = dict(policy.named_parameters())
@@ -494,15 +519,38 @@ def test_line_search_trial_is_the_same_in_any_task_order(batching):
     else:
         torch.testing.assert_close(turned.loss, ahead.loss, rtol=1e-12, atol=1e-15)
         torch.testing.assert_close(turned.task_kl, ahead.task_kl, rtol=1e-12, atol=1e-15)
-    # the last task alone breaks a bound set just under its own share: first in order, it is
-    # the only task evaluated
+    # the last task alone breaks a bound set just under its own share: first in order, its
+    # chunk is the only one evaluated
     bound = 0.99 * float(ahead.task_kl[2]) / N
     trial = outer.candidate_loss_and_kl(policy, candidate, batch, inner, old, bound,
                                         order=[2, 0, 1])
     assert trial.rejected_early
-    assert torch.isnan(trial.task_kl[:2]).all() and not torch.isnan(trial.task_kl[2])
+    evaluated = [2] if chunks == 8 else [2, 0]
+    assert (~torch.isnan(trial.task_kl)).nonzero().flatten().tolist() == sorted(evaluated)
+    torch.testing.assert_close(trial.task_kl[evaluated], ahead.task_kl[evaluated],
+                               rtol=1e-12, atol=1e-15)
     with pytest.raises(ValueError, match="permutation"):
         outer.candidate_loss_and_kl(policy, candidate, batch, inner, old, 1.0, order=[0, 0, 1])
+
+
+def test_line_search_trial_takes_its_means_in_task_order():
+    """On 12 tasks, in an order whose sums round differently from task order, a completed
+    trial still gives the task-order means bit for bit (per-task loop)."""
+    inner = dataclasses.replace(INNER, batching="loop")
+    policy, batch = make_policy(5), cat_batches([make_batch(s) for s in range(4)])
+    n = batch.num_tasks
+    params = dict(policy.named_parameters())
+    old = outer._detach_dist(outer.adapted_dist(policy, params, batch, inner, create_graph=False))
+    g = torch.Generator().manual_seed(2)
+    candidate = {k: v.detach() + 0.1 * torch.randn(v.shape, generator=g, dtype=F64)
+                 for k, v in params.items()}
+    ahead = outer.candidate_loss_and_kl(policy, candidate, batch, inner, old, max_kl=1e9)
+    orders = [torch.randperm(n, generator=g).tolist() for _ in range(50)]
+    rounds = [o for o in orders if not torch.equal(ahead.task_kl[o].sum(), ahead.task_kl.sum())]
+    assert rounds  # some order does sum to other bits
+    got = outer.candidate_loss_and_kl(policy, candidate, batch, inner, old, max_kl=1e9,
+                                      order=rounds[0])
+    assert torch.equal(got.kl, ahead.kl) and torch.equal(got.loss, ahead.loss)
 
 
 def test_evaluation_order_puts_the_largest_known_kl_first():
@@ -514,39 +562,56 @@ def test_evaluation_order_puts_the_largest_known_kl_first():
 
 
 def test_trpo_line_search_orders_the_tasks_by_their_kl_in_the_trials_before(monkeypatch):
-    """Each trial after the first evaluates the tasks in the order of their latest measured
-    KL; the step taken is the one of evaluating them in task order, bit for bit."""
+    """Each trial after the first evaluates the tasks in the order of their latest measured KL
+    (at the full step's scale). With the largest-KL task last, rejected trials then adapt fewer
+    tasks than in task order, and the step taken is bit for bit the one of evaluating them in
+    task order."""
     inner = dataclasses.replace(INNER, batching="loop")
-    batch = make_batch(3)
-    real, calls = outer.candidate_loss_and_kl, []
+    real_cg = outer.conjugate_gradient_and_product
+    # x^T F x read 10x too small: a first trial about 3x too long, about 10x the KL bound, so
+    # the line search needs several trials
+    monkeypatch.setattr(outer, "conjugate_gradient_and_product",
+                        lambda *a: (lambda x, fx: (x, 0.1 * fx))(*real_cg(*a)))
+    real_trial, real_adapt = outer.candidate_loss_and_kl, outer.adapted_dist
+    calls, adapted = [], []
 
     def recorded(*args, **kwargs):
-        trial = real(*args, **kwargs)
+        trial = real_trial(*args, **kwargs)
         calls.append((list(kwargs["order"]), trial.task_kl.clone()))
         return trial
 
     monkeypatch.setattr(outer, "candidate_loss_and_kl", recorded)
-    real_cg = outer.conjugate_gradient_and_product
-    # x^T F x read 100x too small: a first trial 10x too long, about 100x the KL bound, so the
-    # line search needs several trials
-    monkeypatch.setattr(outer, "conjugate_gradient_and_product",
-                        lambda *a: (lambda x, fx: (x, 0.01 * fx))(*real_cg(*a)))
-    policy = make_policy(3)
-    metrics = TRPO(policy, inner, max_kl=1e-4, ls_max_steps=15, ls_backtrack_ratio=0.5).step(batch)
-    assert metrics["accepted"] == 1.0 and len(calls) >= 2
+    monkeypatch.setattr(outer, "adapted_dist",
+                        lambda *a, **k: adapted.append(a[2].num_tasks) or real_adapt(*a, **k))
+
+    def step(batch: MetaBatch, ordered: bool) -> tuple[dict, dict, int]:
+        calls.clear(), adapted.clear()
+        with monkeypatch.context() as m:
+            if not ordered:
+                m.setattr(outer, "evaluation_order", lambda kl: list(range(kl.numel())))
+            policy = make_policy(3)
+            metrics = TRPO(policy, inner, max_kl=1e-4, ls_max_steps=15,
+                           ls_backtrack_ratio=0.8).step(batch)
+        return metrics, snapshot(policy), sum(adapted)
+
+    batch = make_batch(3)
+    far = batch.valid.observations.clone()
+    far[2] *= 30  # the last task's states far out: its policy, and its KL, move the most
+    batch = MetaBatch(batch.train, dataclasses.replace(batch.valid, observations=far))
+    in_task_order, params_in_task_order, cost_in_task_order = step(batch, ordered=False)
+    metrics, params, cost = step(batch, ordered=True)
+    assert metrics["accepted"] == 1.0 and metrics["ls_steps"] >= 3
     assert calls[0][0] == list(range(N))
-    assert any(order != list(range(N)) for order, _ in calls)  # the order did change
     estimate = torch.full((N,), float("nan"), dtype=F64)
-    for (order, task_kl), (next_order, _) in zip(calls, calls[1:]):
-        estimate = torch.where(torch.isnan(task_kl), estimate, task_kl)
+    for k, ((order, task_kl), (next_order, _)) in enumerate(zip(calls, calls[1:])):
+        at_full_step = task_kl / 0.8 ** (2 * k)
+        estimate = torch.where(torch.isnan(task_kl), estimate, at_full_step)
         assert next_order == outer.evaluation_order(estimate)
-    monkeypatch.setattr(outer, "evaluation_order", lambda kl: list(range(kl.numel())))
-    in_task_order = make_policy(3)
-    same = TRPO(in_task_order, inner, max_kl=1e-4, ls_max_steps=15,
-                ls_backtrack_ratio=0.5).step(batch)
-    assert same == metrics
-    for a, b in zip(policy.parameters(), in_task_order.parameters()):
-        assert torch.equal(a, b)
+    assert calls[-1][0][0] == N - 1  # the largest KL first once it was measured
+    assert cost < cost_in_task_order  # task-adaptations, gradient and Fisher included
+    assert metrics == in_task_order
+    for k in params:
+        assert torch.equal(params[k], params_in_task_order[k])
 
 
 def test_trpo_without_an_improving_direction_changes_nothing():
