@@ -440,15 +440,22 @@ def test_trpo_rejects_candidates_outside_the_trust_region(monkeypatch):
     assert metrics["accepted"] == 0.0 and not changed(policy, before)
 
 
+def old_and_candidate(policy, batch: MetaBatch, inner: InnerLoop, seed: int, scale: float):
+    """The adapted policies at the policy's parameters (``old``) and a random candidate near
+    them, as a line-search trial sees them."""
+    params = dict(policy.named_parameters())
+    old = outer._detach_dist(outer.adapted_dist(policy, params, batch, inner, create_graph=False))
+    g = torch.Generator().manual_seed(seed)
+    candidate = {k: v.detach() + scale * torch.randn(v.shape, generator=g, dtype=F64)
+                 for k, v in params.items()}
+    return old, candidate
+
+
 def test_line_search_trial_equals_the_full_evaluation_and_stops_early_past_the_bound(monkeypatch):
     """A trial's surrogate and KL are those of all tasks at once; once the tasks seen so far
     hold more than ``N * max_kl`` of KL, the remaining tasks are not even adapted."""
     policy, batch = make_policy(6), make_batch(6)
-    params = dict(policy.named_parameters())
-    old = outer._detach_dist(outer.adapted_dist(policy, params, batch, INNER, create_graph=False))
-    g = torch.Generator().manual_seed(0)
-    candidate = {k: v.detach() + 0.05 * torch.randn(v.shape, generator=g, dtype=F64)
-                 for k, v in params.items()}
+    old, candidate = old_and_candidate(policy, batch, INNER, seed=0, scale=0.05)
     full = outer._detach_dist(
         outer.adapted_dist(policy, candidate, batch, INNER, create_graph=False))
     loss = outer.surrogate_loss(policy, full, old, batch.valid).mean()
@@ -505,11 +512,7 @@ def test_line_search_trial_is_the_same_in_any_task_order(batching, chunks, monke
     monkeypatch.setattr(outer, "LINE_SEARCH_CHUNKS", chunks)
     inner = dataclasses.replace(INNER, batching=batching)
     policy, batch = make_policy(7), make_batch(7)
-    params = dict(policy.named_parameters())
-    old = outer._detach_dist(outer.adapted_dist(policy, params, batch, inner, create_graph=False))
-    g = torch.Generator().manual_seed(1)
-    candidate = {k: v.detach() + 0.05 * torch.randn(v.shape, generator=g, dtype=F64)
-                 for k, v in params.items()}
+    old, candidate = old_and_candidate(policy, batch, inner, seed=1, scale=0.05)
     ahead = outer.candidate_loss_and_kl(policy, candidate, batch, inner, old, max_kl=1e9)
     turned = outer.candidate_loss_and_kl(policy, candidate, batch, inner, old, max_kl=1e9,
                                          order=[2, 0, 1])
@@ -539,11 +542,8 @@ def test_line_search_trial_takes_its_means_in_task_order():
     inner = dataclasses.replace(INNER, batching="loop")
     policy, batch = make_policy(5), cat_batches([make_batch(s) for s in range(4)])
     n = batch.num_tasks
-    params = dict(policy.named_parameters())
-    old = outer._detach_dist(outer.adapted_dist(policy, params, batch, inner, create_graph=False))
-    g = torch.Generator().manual_seed(2)
-    candidate = {k: v.detach() + 0.1 * torch.randn(v.shape, generator=g, dtype=F64)
-                 for k, v in params.items()}
+    old, candidate = old_and_candidate(policy, batch, inner, seed=2, scale=0.1)
+    g = torch.Generator().manual_seed(3)
     ahead = outer.candidate_loss_and_kl(policy, candidate, batch, inner, old, max_kl=1e9)
     orders = [torch.randperm(n, generator=g).tolist() for _ in range(50)]
     rounds = [o for o in orders if not torch.equal(ahead.task_kl[o].sum(), ahead.task_kl.sum())]
