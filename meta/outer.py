@@ -320,8 +320,8 @@ def evaluation_order(kl_estimate: Tensor) -> list[int]:
     factor: near the current parameters the KL grows as the step's square), NaN where no
     trial did (then the mean of the known ones stands in; all NaN: the tasks in order). Each
     trial only shortens the step, so the tasks' KL tend to keep their ranks from trial to
-    trial, and the tasks that break the bound come first. Ties keep the task order. Only the
-    cost of a trial depends on the order, never its outcome.
+    trial, and the tasks that weigh most against the bound come first. Ties keep the task
+    order. Only the cost of a trial depends on the order, never its outcome.
     """
     known = ~torch.isnan(kl_estimate)
     if not bool(known.any()):
