@@ -85,12 +85,23 @@ class GaussianMLPPolicy(nn.Module):
         return kl.sum(-1)
 
     @staticmethod
-    def sample(dist: DistParams, generator: torch.Generator | None = None) -> Tensor:
-        """One action per distribution, ``[..., A]``, using ``generator`` for reproducibility."""
+    def sample(dist: DistParams, generator: torch.Generator | None = None,
+               noise: Tensor | None = None) -> Tensor:
+        """One action per distribution, ``[..., A]``, using ``generator`` for reproducibility.
+
+        ``noise``, standard normal ``[..., A]`` drawn beforehand by :meth:`draw_noise`, replaces
+        the draw from ``generator``: the same noise gives the same actions.
+        """
         mean, log_std = dist
-        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype,
-                            device=mean.device)
+        if noise is None:
+            noise = GaussianMLPPolicy.draw_noise(mean.shape, generator, mean.dtype, mean.device)
         return mean + torch.exp(log_std) * noise
+
+    @staticmethod
+    def draw_noise(shape: Sequence[int], generator: torch.Generator | None, dtype: torch.dtype,
+                   device: torch.device | str) -> Tensor:
+        """The standard normal noise :meth:`sample` draws for distributions ``shape [..., A]``."""
+        return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
 
     @staticmethod
     def mode(dist: DistParams) -> Tensor:

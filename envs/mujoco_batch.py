@@ -88,7 +88,7 @@ from envs import ant, half_cheetah, rand_params
 from envs import native as envs_native
 from envs.mujoco_base import DIVERGENCE_WARNINGS
 from envs.registry import family, make
-from envs.vector import VectorStep
+from envs.vector import VectorStep, env_seeds
 
 #: Thread names of the stepping pool (``threading.enumerate()`` shows them while it runs).
 THREAD_PREFIX = "mujoco-batch"
@@ -417,17 +417,17 @@ class MujocoBatchEnv:
         return [models[task] for task in tasks]
 
     # --- episodes ------------------------------------------------------------------------------
-    def reset(self, seed: int) -> Tensor:
+    def reset(self, seed: int, offset: int = 0) -> Tensor:
         """Start one episode in every environment, seeded as ``SyncTaskVectorEnv.reset``.
 
         Environment ``i`` gets ``reset(seed=s_i)`` of the single env, with
-        ``s = np.random.SeedSequence(seed).generate_state(num_envs)``.
+        ``s = envs.vector.env_seeds(seed, num_envs, offset)``.
 
         Returns:
             observations ``[B, D]`` (float32) on ``device``.
         """
         self._check_open()
-        seeds = np.random.SeedSequence(seed).generate_state(self.num_envs)
+        seeds = env_seeds(seed, self.num_envs, offset)
         qpos = np.empty((self.num_envs, self._proto.model.nq))
         qvel = np.empty((self.num_envs, self._proto.model.nv))
         for i, s in enumerate(seeds):  # the single env's own reset noise

@@ -37,7 +37,8 @@ class TorchNavigation2D:
         goals = [self._checker.coerce_task(t).goal for t in tasks]
         self._goals = torch.tensor(np.asarray(goals), dtype=torch.float64, device=self.device)
 
-    def reset(self, seed: int) -> Tensor:
+    def reset(self, seed: int, offset: int = 0) -> Tensor:
+        """Every env starts at the origin: ``seed`` and ``offset`` change nothing."""
         self._pos = torch.zeros_like(self._goals)
         self._running = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
         self._t = 0

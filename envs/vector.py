@@ -44,7 +44,13 @@ class TaskVectorEnv(Protocol):
         """One task per environment (``len(tasks) == num_envs``)."""
 
     def reset(self, seed: int) -> Tensor:
-        """Start one episode in every environment; returns observations ``[B, D]``."""
+        """Start one episode in every environment; returns observations ``[B, D]``.
+
+        Environment ``i`` gets the seed ``s[i]`` of ``s =
+        np.random.SeedSequence(seed).generate_state(num_envs)``. A simulator that samples in
+        waves (:func:`meta.sampler.sample_episodes`) also takes ``offset``: ``i`` then gets
+        ``s[offset + i]``, the seed it would have had at that place in one larger batch.
+        """
 
     def step(self, actions: Tensor) -> VectorStep:
         """Apply ``actions [B, A]`` to every running environment."""
@@ -79,8 +85,8 @@ class SyncTaskVectorEnv:
         for env, task in zip(self._envs, tasks):
             env.set_task(task)
 
-    def reset(self, seed: int) -> Tensor:
-        seeds = np.random.SeedSequence(seed).generate_state(self.num_envs)
+    def reset(self, seed: int, offset: int = 0) -> Tensor:
+        seeds = env_seeds(seed, self.num_envs, offset)
         obs = [env.reset(seed=int(s))[0] for env, s in zip(self._envs, seeds)]
         self._running[:] = True
         self._t = 0
@@ -104,6 +110,17 @@ class SyncTaskVectorEnv:
     def close(self) -> None:
         for env in self._envs:
             env.close()
+
+
+def env_seeds(seed: int, num_envs: int, offset: int = 0) -> np.ndarray:
+    """The reset seeds of envs ``offset .. offset + num_envs - 1`` of a batch seeded ``seed``.
+
+    ``SeedSequence.generate_state`` gives the same first words however many it makes, so an
+    env's seed depends on its place in the batch, not on the batch's size.
+    """
+    if offset < 0:
+        raise ValueError(f"offset must be non-negative, got {offset}")
+    return np.random.SeedSequence(seed).generate_state(offset + num_envs)[offset:]
 
 
 def _to_step(obs, rew, term, trunc, unstable, device) -> VectorStep:

@@ -34,7 +34,8 @@ only the steps of running episodes):
   (default 3): their keys hold the medians, the two sampler ratios the median of the per-round
   ratios, and ``<key>_rounds`` every round's value (:func:`interleaved_throughput`).
 * ``iteration_physics_batch_sps``: ``physics_batch_sps`` over as many environments as the
-  measured meta-iteration samples at once (800 for the 40 tasks x 20 episodes presets), and
+  measured meta-iteration samples at once (``iteration_sampler_envs``: one wave of the meta-batch,
+  400 for the 40 tasks x 20 episodes presets with the default ``run.max_wave_envs``), and
   ``iteration_over_physics_batch``: ``iteration_sampling_sps`` against it, the sampler's share
   of what the simulator alone does on the same working set.
 * ``iteration_seconds``: ``sampling`` / ``adaptation`` / ``outer_update`` / ``total`` seconds of
@@ -56,7 +57,7 @@ Every measurement runs with ``--torch-threads`` torch intra-op threads (default 
 ``--help``). Output: one JSON object per family and line with ``--json`` (also ``threads``,
 the stepping threads = cores, ``torch_threads``, ``envs``, ``horizon``, ``preset``,
 ``meta_batch``, ``iteration_env_steps``, ``iteration_tasks``,
-``iteration_episodes_per_task``), else a readable block per family.
+``iteration_episodes_per_task``, ``iteration_sampler_envs``), else a readable block per family.
 """
 
 from __future__ import annotations
@@ -360,6 +361,7 @@ def iteration_split(preset: str, device: str, quick: bool, torch_threads: int | 
         "iteration_env_steps": int(metrics["env_steps"]),
         "iteration_tasks": cfg.maml.meta_batch_size,
         "iteration_episodes_per_task": cfg.maml.episodes_per_task,
+        "iteration_sampler_envs": parts.venv.num_envs,  # one wave (run.max_wave_envs)
         "iteration_sampling_sps": metrics["env_steps"] / max(split[1]["sampling"], 1e-9),
         "peak_rss_mb": peak_rss_mb(),
         "malloc_keeps_freed": malloc_kept,
@@ -411,8 +413,8 @@ def bench_family(spec: FamilySpec, work: Workload, device: str, quick: bool,
     out["gym_sync_sps"] = gym_vector_sps(spec, work, device, asynchronous=False)
     out.update(interleaved_throughput(spec, work, device, threads, rounds))
     out["iteration_over_physics"] = out["iteration_sampling_sps"] / out["physics_limit_sps"]
-    meta_batch = Workload(out["iteration_tasks"], out["iteration_episodes_per_task"],
-                          work.horizon, work.seed)
+    wave = out["iteration_sampler_envs"] // out["iteration_episodes_per_task"]  # tasks
+    meta_batch = Workload(wave, out["iteration_episodes_per_task"], work.horizon, work.seed)
     out["iteration_physics_batch_sps"] = physics_batch_sps(spec, meta_batch, threads)
     out["iteration_over_physics_batch"] = (out["iteration_sampling_sps"]
                                            / out["iteration_physics_batch_sps"])

@@ -147,6 +147,10 @@ class RunConfig:
     """Print no per-iteration progress."""
     max_consecutive_failures: int = 5
     """Stop the run after this many outer steps in a row were rejected for non-finite values."""
+    max_wave_envs: int = 512
+    """MuJoCo families: simulate at most this many envs at a time, sampling the meta-batch in
+    equal waves of whole tasks (README, "Sampling in waves"); 0: all envs at once. The
+    episodes are the same either way."""
 
 
 @dataclass(frozen=True)
@@ -470,6 +474,8 @@ def _validate_sizes(cfg: Config) -> None:
     }
     for key, value in sizes.items():
         _require(value > 0, f"{key} must be a positive integer; got {value}")
+    _require(cfg.run.max_wave_envs >= 0,
+             f"run.max_wave_envs must be >= 0 (0: all envs at once); got {cfg.run.max_wave_envs}")
     _require(cfg.run.keep_every >= 0,
              f"run.keep_every must be >= 0 (0: keep no extra checkpoints); got {cfg.run.keep_every}")
     for size in cfg.policy.hidden_sizes:

@@ -80,7 +80,7 @@ from experiments import config as cfglib
 from experiments.cliutil import Parser, seed as seed_arg
 from experiments.rundir import (RunDirError, atomic_write_bytes, atomic_write_text,
                                 load_checkpoint, read_json)
-from experiments.train import AUTO_BATCHING, build_policy
+from experiments.train import AUTO_BATCHING, build_policy, simulator_envs
 from meta.adaptation import AdvantageSettings
 from meta.evaluation import ci95, evaluate_adaptation, step_sizes
 
@@ -275,6 +275,7 @@ class Protocol:
     advantages: AdvantageSettings
     device: str = "cpu"
     trained_steps: int = 1  # the run's inner steps: those take fast_lr, later ones half
+    max_wave_envs: int = 512  # the run's run.max_wave_envs: same episodes, less memory
 
     @property
     def step_sizes(self) -> tuple[float, ...]:
@@ -305,7 +306,7 @@ def protocol_of(run: LoadedRun, inner_steps: int, episodes_per_step: int | None)
     m = run.cfg.maml
     return Protocol(run.family, inner_steps, n, m.fast_lr,
                     AdvantageSettings(m.gamma, m.gae_lambda, m.bootstrap_truncated),
-                    run.cfg.run.device, max(1, m.num_inner_steps))
+                    run.cfg.run.device, max(1, m.num_inner_steps), run.cfg.run.max_wave_envs)
 
 
 def adaptation_curve(policy: nn.Module, tasks: Sequence, protocol: Protocol,
@@ -313,7 +314,8 @@ def adaptation_curve(policy: nn.Module, tasks: Sequence, protocol: Protocol,
     """Per-task returns after 0..K adaptation steps, ``[len(tasks)][K + 1]``
     (:func:`meta.evaluation.evaluate_adaptation`)."""
     n = protocol.episodes_per_step
-    venv = make_vector_env(protocol.family, len(tasks) * n, protocol.device)
+    envs = simulator_envs(protocol.family, len(tasks), n, protocol.max_wave_envs)
+    venv = make_vector_env(protocol.family, envs, protocol.device)
     batching = AUTO_BATCHING[torch.device(protocol.device).type]
     try:
         result = evaluate_adaptation(venv, policy, dict(policy.named_parameters()), tasks,

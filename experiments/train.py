@@ -37,6 +37,7 @@ from experiments.rundir import (CONFIG_FORMAT, CsvLog, RunDirError, atomic_write
 from meta.adaptation import AdvantageSettings, NumericalFault, collect_meta_batch, step_seeds
 from meta.maml import InnerLoop
 from meta.outer import MetaBatch, OuterOptimizer, make_outer
+from meta.sampler import tasks_per_wave
 
 # The inner-loop form `maml.inner_batching=auto` uses per device. CPU: measured with
 # `python -m experiments.bench_inner` on 2 cores (README, 18:05 UTC): on halfcheetah-vel the
@@ -75,10 +76,25 @@ def build_policy(cfg: cfglib.Config, observation_space, action_space) -> nn.Modu
     return policy.to(cfg.run.device)
 
 
+def simulator_envs(family_name: str, num_tasks: int, episodes_per_task: int,
+                   max_wave_envs: int) -> int:
+    """The simulator's size for ``num_tasks x episodes_per_task`` episodes: one wave of them
+    for the MuJoCo families (:func:`meta.sampler.tasks_per_wave`), all of them for
+    Navigation2D, whose simulator runs on torch."""
+    if not family(family_name).mujoco:
+        return num_tasks * episodes_per_task
+    return tasks_per_wave(num_tasks, episodes_per_task, max_wave_envs) * episodes_per_task
+
+
+def sampler_envs(cfg: cfglib.Config) -> int:
+    """The training simulator's size (``run.max_wave_envs``, :func:`simulator_envs`)."""
+    return simulator_envs(cfg.env.family, cfg.maml.meta_batch_size, cfg.maml.episodes_per_task,
+                          cfg.run.max_wave_envs)
+
+
 def build(cfg: cfglib.Config) -> Components:
     spec = family(cfg.env.family)
-    venv = make_vector_env(spec.name, cfg.maml.meta_batch_size * cfg.maml.episodes_per_task,
-                           cfg.run.device)
+    venv = make_vector_env(spec.name, sampler_envs(cfg), cfg.run.device)
     policy = build_policy(cfg, venv.observation_space, venv.action_space)
     inner = inner_loop(cfg)
     o = cfg.outer

@@ -3,13 +3,18 @@
 All environments of all tasks advance together: one batched policy forward per time step
 (``vmap`` over the tasks' own parameters), one batched simulator step. No processes, no threads
 of our own, nothing that can hang.
+
+A simulator smaller than the meta-batch runs it in *waves* of whole tasks, one after the other,
+giving the same episodes bit for bit: each environment keeps the reset seed and the action
+noise it would have had in one wave. Fewer environments at a time keep the simulator's states
+closer to the cores' caches (README, "Sampling in waves").
 """
 
 from __future__ import annotations
 
 import contextlib
-
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +43,28 @@ def _one_intra_op_thread(device: torch.device):
             torch.set_num_threads(previous)
 
 
+def tasks_per_wave(num_tasks: int, episodes_per_task: int, max_envs: int) -> int:
+    """How many tasks to sample at a time: the most that divide ``num_tasks`` into equal waves
+    of at most ``max_envs`` environments (``tasks x episodes_per_task``).
+
+    Every task in one wave when ``max_envs`` is 0 (or below), when they all fit, or when the
+    divisors only allow waves of fewer than ``max_envs / 2`` envs (37 tasks x 20 episodes
+    under 512 would be waves of one task, 20 envs, whose fixed per-step costs would outweigh
+    what the caches gain). A task's episodes stay in one wave, however many they are.
+    """
+    if num_tasks < 1 or episodes_per_task < 1:
+        raise ValueError(f"need at least one task and one episode, got {num_tasks} tasks x "
+                         f"{episodes_per_task} episodes")
+    if max_envs <= 0 or num_tasks * episodes_per_task <= max_envs:
+        return num_tasks
+    fitting = [k for k in range(1, num_tasks + 1)
+               if num_tasks % k == 0 and k * episodes_per_task <= max_envs]
+    if not fitting:  # one task's episodes alone exceed max_envs
+        return 1
+    best = max(fitting)
+    return num_tasks if 2 * best * episodes_per_task < max_envs else best
+
+
 @torch.no_grad()
 def sample_episodes(
     venv: TaskVectorEnv,
@@ -51,7 +78,10 @@ def sample_episodes(
     """Run ``episodes_per_task`` episodes of every task, up to ``venv.horizon`` steps.
 
     Args:
-        venv: a batched simulator with ``num_envs == len(tasks) * episodes_per_task``.
+        venv: a batched simulator with ``num_envs == len(tasks) * episodes_per_task``, or with
+            ``K * episodes_per_task`` envs for a ``K`` that divides ``len(tasks)``: the tasks
+            then run ``K`` at a time, in waves, with the same episodes as in one wave (its
+            ``reset`` must take ``offset``, and the policy must have ``draw_noise``).
         policy: the policy module (its own parameters are not used).
         params: the parameters to act with; with ``per_task_params`` every tensor has a leading
             task dim ``[N, ...]`` (adapted parameters), else they are shared by all tasks.
@@ -60,34 +90,92 @@ def sample_episodes(
     Returns:
         :class:`Episodes` with tensors ``[N, T, E, ...]`` on ``venv.device``, where ``T`` is
         the length of the longest episode.
+    Raises:
+        ValueError: the simulator's size fits neither one wave nor equal waves of whole tasks,
+            or waves with a policy that cannot draw its noise beforehand.
     """
     n, e = len(tasks), episodes_per_task
-    if venv.num_envs != n * e:
-        raise ValueError(f"the simulator holds {venv.num_envs} envs, need {n} tasks x {e} episodes")
+    if venv.num_envs != n * e and (venv.num_envs % e or n % (venv.num_envs // e)):
+        raise ValueError(f"the simulator holds {venv.num_envs} envs, need {n} tasks x {e} "
+                         f"episodes, or a number of whole tasks x {e} episodes that divides "
+                         f"the {n} tasks into equal waves")
     with _one_intra_op_thread(torch.device(venv.device)):
-        return _run_episodes(venv, policy, params, tasks, episodes_per_task, seed,
-                             per_task_params)
+        if venv.num_envs == n * e:
+            generator = torch.Generator(device=venv.device).manual_seed(seed)
+            wave = _run_wave(venv, policy, params, tasks, e, seed, per_task_params,
+                             lambda t, dist: policy.sample(dist, generator))
+            return _episodes(policy, [wave])
+        return _run_waves(venv, policy, params, tasks, e, seed, per_task_params)
 
 
-def _run_episodes(venv, policy, params, tasks, episodes_per_task, seed, per_task_params):
-    n, e = len(tasks), episodes_per_task
+def _run_waves(venv, policy, params, tasks, e, seed, per_task_params) -> Episodes:
+    """The meta-batch in waves of ``venv.num_envs // e`` tasks (see :func:`sample_episodes`)."""
+    if not hasattr(policy, "draw_noise"):
+        raise ValueError(f"sampling in waves needs the action noise drawn beforehand, which "
+                         f"{type(policy).__name__} cannot do: give the simulator one env per "
+                         f"episode of the meta-batch")
+    n, k = len(tasks), venv.num_envs // e
+    dtype = next(iter(params.values())).dtype
+    generator = torch.Generator(device=venv.device).manual_seed(seed)
+    # the draws one wave would make, one [N, E, A] per step, in the same order
+    noise = [policy.draw_noise((n, e, *venv.action_space.shape), generator, dtype, venv.device)
+             for _ in range(venv.horizon)]
+    parts = [slice(first, first + k) for first in range(0, n, k)]
+
+    def params_of(part: slice) -> Mapping[str, Tensor]:
+        return {name: p[part] for name, p in params.items()} if per_task_params else params
+
+    def sampler(part: slice) -> Callable[[int, tuple], Tensor]:
+        return lambda t, dist: policy.sample(dist, noise=noise[t][part])
+
+    waves = [_run_wave(venv, policy, params_of(part), tasks[part], e, seed, per_task_params,
+                       sampler(part), offset=part.start * e) for part in parts]
+    horizon = max(len(wave.steps) for wave in waves)
+    for wave, part in zip(waves, parts):
+        _pad_frozen(wave, horizon, policy, params_of(part), per_task_params, sampler(part))
+    return _episodes(policy, waves)
+
+
+@dataclass
+class _Wave:
+    """One wave's episodes: per step ``(obs [K, E, D], actions [K, E, ...], rewards [K, E],
+    running [K, E], dist params)``; the observations after the last step ``[K * E, D]``; the
+    episodes' ends ``[K, E, ...]``."""
+
+    steps: list
+    obs: Tensor
+    last_observations: Tensor
+    truncated: Tensor
+    unstable: Tensor
+
+
+def _forward(policy, params, obs_ne: Tensor, per_task_params: bool):
+    if per_task_params:
+        return batched_dist_params(policy, params, obs_ne)
+    return dist_params(policy, params, obs_ne)
+
+
+def _run_wave(venv, policy, params, tasks, e, seed, per_task_params, sample_actions,
+              offset: int | None = None) -> _Wave:
+    """Run one episode in each of the simulator's envs, until all have ended.
+
+    ``sample_actions(t, dist)`` draws the actions of step ``t``; ``offset`` (waves) is the
+    index of the wave's first env in the meta-batch, for the resets' seeds.
+    """
+    n = len(tasks)
     device = venv.device
-    generator = torch.Generator(device=device).manual_seed(seed)
     venv.set_tasks([task for task in tasks for _ in range(e)])
-    obs = venv.reset(seed=seed)
+    obs = venv.reset(seed=seed) if offset is None else venv.reset(seed=seed, offset=offset)
     running = torch.ones(n * e, dtype=torch.bool, device=device)
     last_obs = obs.clone()
     truncated = torch.zeros_like(running)
     unstable = torch.zeros_like(running)
     steps: list[tuple[Tensor, ...]] = []
     dtype = next(iter(params.values())).dtype  # act in the policy's precision
-    for _ in range(venv.horizon):
+    for t in range(venv.horizon):
         obs_ne = obs.reshape(n, e, -1).to(dtype)
-        if per_task_params:
-            dist = batched_dist_params(policy, params, obs_ne)
-        else:
-            dist = dist_params(policy, params, obs_ne)
-        actions = policy.sample(dist, generator)
+        dist = _forward(policy, params, obs_ne, per_task_params)
+        actions = sample_actions(t, dist)
         out = venv.step(actions.reshape(n * e, *actions.shape[2:]))
         steps.append((obs_ne, actions, out.rewards.reshape(n, e), running.reshape(n, e), dist))
         done = out.terminated | out.truncated
@@ -98,12 +186,46 @@ def _run_episodes(venv, policy, params, tasks, episodes_per_task, seed, per_task
         obs = out.observations
         if not running.any():
             break
-    stack = lambda i: torch.stack([s[i] for s in steps], dim=1)  # noqa: E731  [N, T, E, ...]
+    return _Wave(steps, obs, last_obs.reshape(n, e, -1), truncated.reshape(n, e),
+                 unstable.reshape(n, e))
+
+
+def _pad_frozen(wave: _Wave, horizon: int, policy, params, per_task_params,
+                sample_actions) -> None:
+    """Extend a wave that ended early to ``horizon`` steps, as one wave would have run on.
+
+    Its envs are all frozen then: the first extra step sees the observations of the last
+    step, later ones the zeros of frozen envs; rewards are zero, no env runs.
+    """
+    n, e = wave.truncated.shape
+    obs = wave.obs
+    for t in range(len(wave.steps), horizon):
+        obs_ne = obs.reshape(n, e, -1).to(wave.steps[0][0].dtype)
+        dist = _forward(policy, params, obs_ne, per_task_params)
+        actions = sample_actions(t, dist)
+        zeros = torch.zeros((n, e), dtype=wave.steps[0][2].dtype, device=obs.device)
+        wave.steps.append((obs_ne, actions, zeros, torch.zeros((n, e), dtype=torch.bool,
+                                                               device=obs.device), dist))
+        obs = torch.zeros_like(obs)
+
+
+def _episodes(policy, waves: list[_Wave]) -> Episodes:
+    """Stack the waves' steps into :class:`Episodes` ``[N, T, E, ...]``."""
+
+    def cat(parts: list[Tensor]) -> Tensor:  # the waves' tasks joined
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def stack(i: int) -> Tensor:  # [N, T, E, ...]
+        return cat([torch.stack([s[i] for s in w.steps], dim=1) for w in waves])
+
     actions, mask = stack(1), stack(3).float()
     # one log-probability computation for the whole batch: the same numbers as step by step
-    dist = tuple(torch.stack([s[4][j] for s in steps], dim=1) for j in range(len(steps[0][4])))
+    width = len(waves[0].steps[0][4])
+    dist = tuple(cat([torch.stack([s[4][j] for s in w.steps], dim=1) for w in waves])
+                 for j in range(width))
+    join = lambda name: cat([getattr(w, name) for w in waves])  # noqa: E731
     return Episodes(
         observations=stack(0), actions=actions, rewards=stack(2) * mask, mask=mask,
-        log_probs=policy.log_prob(dist, actions), last_observations=last_obs.reshape(n, e, -1),
-        truncated=truncated.reshape(n, e), unstable=unstable.reshape(n, e),
+        log_probs=policy.log_prob(dist, actions), last_observations=join("last_observations"),
+        truncated=join("truncated"), unstable=join("unstable"),
     )

@@ -126,6 +126,49 @@ def test_sampled_episodes_are_identical_to_sync(name, native):
     assert a.env_steps > 0
 
 
+@pytest.mark.parametrize("name", ["HalfCheetahVel", "HopperRandParams"])
+def test_sampling_in_waves_gives_the_episodes_of_one_wave(name):
+    """4 tasks x 8 episodes in 2 waves of 16 envs: the same tensors, bit for bit, with shared
+    and with per-task parameters. Hopper terminates early and has a model per task, so its
+    waves end at different steps and load other models; HalfCheetah runs to the horizon.
+    (16 rows: fewer can change the policy's matrix products in the last bits, see
+    meta/sampler.py.)"""
+    tasks, e = tasks_of(name, 4, seed=5), 8
+    horizon = 200
+    one = MujocoBatchEnv(name, len(tasks) * e, horizon=horizon, num_threads=2,
+                         min_envs_per_thread=1)
+    wave = MujocoBatchEnv(name, 2 * e, horizon=horizon, num_threads=2, min_envs_per_thread=1)
+    policy = small_policy(one.observation_space.shape[0], one.action_space.shape[0])
+    shared = {k: v.detach() for k, v in policy.named_parameters()}
+    per_task = {k: torch.stack([v + 0.05 * i for i in range(len(tasks))])
+                for k, v in shared.items()}
+    try:
+        for params, per in ((shared, False), (per_task, True)):
+            a = sample_episodes(one, policy, params, tasks, e, seed=9, per_task_params=per)
+            b = sample_episodes(wave, policy, params, tasks, e, seed=9, per_task_params=per)
+            for field in ("observations", "actions", "rewards", "mask", "log_probs",
+                          "last_observations", "truncated", "unstable"):
+                x, y = getattr(a, field), getattr(b, field)
+                assert x.shape == y.shape and torch.equal(x, y), (field, per)
+            lengths = a.mask.sum(1)  # [N, E]
+            if name == "HopperRandParams":  # the two waves end at different steps
+                assert lengths[:2].max() != lengths[2:].max()
+            else:
+                assert (lengths == horizon).all()
+    finally:
+        one.close()
+        wave.close()
+
+
+def test_reset_with_an_offset_gives_the_envs_their_place_in_a_larger_batch():
+    big, small = MujocoBatchEnv("AntGoal", 6, num_threads=1), MujocoBatchEnv("AntGoal", 2)
+    try:
+        assert torch.equal(big.reset(seed=4)[4:], small.reset(seed=4, offset=4))
+    finally:
+        big.close()
+        small.close()
+
+
 def test_reset_with_the_same_seed_repeats_the_episode():
     venv = MujocoBatchEnv("AntGoal", 4, num_threads=2, min_envs_per_thread=1)
     venv.set_tasks(tasks_of("AntGoal", 4))

@@ -186,6 +186,29 @@ def test_a_run_trained_with_two_inner_steps_is_evaluated_with_two_full_steps(run
     assert seen == [protocol.step_sizes]
 
 
+def test_a_mujoco_curve_sampled_in_waves_equals_the_one_sampled_at_once(monkeypatch):
+    """The run's ``run.max_wave_envs`` reaches the evaluation: 4 tasks x 8 episodes in waves
+    of 16 envs give the same per-task returns as all 32 envs at once."""
+    from agents.policies import GaussianMLPPolicy
+
+    sizes = []
+
+    def recording(family_name, num_envs, *args, **kwargs):
+        sizes.append(num_envs)
+        return make_vector_env(family_name, num_envs, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "make_vector_env", recording)
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(17, 6, hidden_sizes=(16,))
+    tasks = get_split("halfcheetah-vel", "test")[:4]
+    curves = [evaluate.adaptation_curve(
+        policy, tasks, evaluate.Protocol("HalfCheetahVel", 1, 8, 0.1, AdvantageSettings(),
+                                         max_wave_envs=wave), seed=2)
+        for wave in (0, 16)]
+    assert sizes == [32, 16]
+    assert curves[0] == curves[1]
+
+
 def test_same_seed_same_result_different_seed_different(run_dir, capsys):
     def curve(*seeds: int) -> dict:
         rc, _, err = run_evaluate(capsys, run_dir, "--inner-steps", 1, "--max-tasks", 5,

@@ -23,8 +23,9 @@ import pytest
 import torch
 
 from experiments import config as cfglib
+from experiments.presets import get_preset
 from experiments.rundir import load_checkpoint
-from experiments.train import build_policy, main, parser, prepare_run_dir, resolve
+from experiments.train import build_policy, main, parser, prepare_run_dir, resolve, sampler_envs
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["maml.meta_batch_size=2", "maml.episodes_per_task=2", "policy.hidden_sizes=8,8"]
@@ -551,3 +552,13 @@ def test_bad_input_from_the_command_line(dirs, args):
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert proc.stderr.startswith("adaptbed train: error: ")
+
+
+def test_the_simulator_holds_one_wave_of_a_mujoco_meta_batch():
+    cheetah = get_preset("halfcheetah-vel")  # 40 tasks x 20 episodes
+    assert sampler_envs(cheetah) == 400  # 2 waves under the default 512
+    assert sampler_envs(cfglib.apply_overrides(cheetah, ["run.max_wave_envs=0"])) == 800
+    assert sampler_envs(cfglib.apply_overrides(cheetah, ["run.max_wave_envs=100"])) == 100
+    # Navigation2D runs on the torch simulator, all at once
+    nav = cfglib.apply_overrides(cfglib.Config(), ["run.max_wave_envs=10"])
+    assert sampler_envs(nav) == nav.maml.meta_batch_size * nav.maml.episodes_per_task

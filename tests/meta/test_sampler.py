@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from agents.policies import GaussianMLPPolicy, dist_params
+from agents.policies import CategoricalMLPPolicy, GaussianMLPPolicy, dist_params
 from envs.navigation import GOAL_TOLERANCE, MAX_STEP, Navigation2D
 from envs.navigation_torch import TorchNavigation2D
 from envs.tasks import GoalTask
 from envs.vector import SyncTaskVectorEnv, make_vector_env
 from meta.episodes import Episodes
-from meta.sampler import sample_episodes
+from meta.sampler import sample_episodes, tasks_per_wave
 
 # Task 0's goal is reached in 3 clipped steps of (0.1, 0.1) (early termination for most
 # episodes); the others are far away (truncated at the horizon).
@@ -151,10 +151,46 @@ def test_per_task_parameters_are_used_per_task():
                                torch.full((3,), float(returns[1])), rtol=0.05, atol=0.0)
 
 
+def test_waves_give_the_episodes_of_one_wave():
+    """8 tasks in 2 waves of 4 (16 envs each): the first wave's goals are reached in a few
+    steps, the second's never, so the first wave is padded with frozen steps to the second's
+    length, as one wave runs them."""
+    near, far = [GoalTask(goal=(0.3, 0.3))] * 4, [GoalTask(goal=(-0.4, 0.2))] * 4
+    tasks = near + far
+    policy = make_policy()
+    per_task = {k: torch.stack([v * (1 + 0.1 * i) for i in range(8)])
+                for k, v in params_of(policy).items()}
+    for params, per in ((None, False), (per_task, True)):
+        a = sample(torch_env(8 * E, horizon=30), policy, seed=5, tasks=tasks, params=params,
+                   per_task=per)
+        b = sample(torch_env(4 * E, horizon=30), policy, seed=5, tasks=tasks, params=params,
+                   per_task=per)
+        assert_same_episodes(a, b)
+        lengths = a.mask.sum(1)
+        assert lengths[:4].max() < 30 and (lengths[4:] == 30).all()
+
+
+def test_tasks_per_wave():
+    assert tasks_per_wave(40, 20, 512) == 20  # the presets: 2 waves of 400 envs
+    assert tasks_per_wave(40, 20, 800) == 40
+    assert tasks_per_wave(40, 20, 0) == 40  # 0: one wave
+    assert tasks_per_wave(40, 20, 399) == 10  # the largest divisor of 40 that fits
+    assert tasks_per_wave(30, 20, 512) == 15  # 2 waves of 300
+    assert tasks_per_wave(37, 20, 512) == 37  # waves of 1 task (20 envs) would be too small
+    assert tasks_per_wave(4, 100, 50) == 1  # at least one task, however many episodes
+    with pytest.raises(ValueError, match="at least one"):
+        tasks_per_wave(0, 20, 512)
+
+
 def test_simulator_size_mismatch_raises():
     venv = torch_env(len(TASKS) * E + 1)
     with pytest.raises(ValueError, match="envs"):
         sample(venv)
+    with pytest.raises(ValueError, match="equal waves"):  # 2 tasks per wave do not divide 3
+        sample(torch_env(2 * E))
+    categorical = CategoricalMLPPolicy(2, 4, hidden_sizes=(8,))  # samples by multinomial
+    with pytest.raises(ValueError, match="drawn beforehand"):
+        sample(torch_env(E), categorical)
     with pytest.raises(ValueError):
         SyncTaskVectorEnv("navigation-2d", 2).set_tasks(TASKS)
 
