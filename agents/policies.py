@@ -95,6 +95,9 @@ class GaussianMLPPolicy(nn.Module):
         mean, log_std = dist
         if noise is None:
             noise = GaussianMLPPolicy.draw_noise(mean.shape, generator, mean.dtype, mean.device)
+        elif noise.shape != mean.shape:
+            raise ValueError(f"noise of shape {tuple(noise.shape)} for distributions of shape "
+                             f"{tuple(mean.shape)}")
         return mean + torch.exp(log_std) * noise
 
     @staticmethod

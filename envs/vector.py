@@ -43,13 +43,13 @@ class TaskVectorEnv(Protocol):
     def set_tasks(self, tasks: Sequence) -> None:
         """One task per environment (``len(tasks) == num_envs``)."""
 
-    def reset(self, seed: int) -> Tensor:
+    def reset(self, seed: int, offset: int = 0) -> Tensor:
         """Start one episode in every environment; returns observations ``[B, D]``.
 
-        Environment ``i`` gets the seed ``s[i]`` of ``s =
-        np.random.SeedSequence(seed).generate_state(num_envs)``. A simulator that samples in
-        waves (:func:`meta.sampler.sample_episodes`) also takes ``offset``: ``i`` then gets
-        ``s[offset + i]``, the seed it would have had at that place in one larger batch.
+        Environment ``i`` gets the seed ``s[offset + i]`` of ``s = env_seeds(seed, ...)``: the
+        seed it would have had at that place in a larger batch. ``offset`` is needed only to
+        sample in waves (:func:`meta.sampler.sample_episodes`); a simulator without it
+        samples a meta-batch at once.
         """
 
     def step(self, actions: Tensor) -> VectorStep:

@@ -148,9 +148,10 @@ class RunConfig:
     max_consecutive_failures: int = 5
     """Stop the run after this many outer steps in a row were rejected for non-finite values."""
     max_wave_envs: int = 512
-    """MuJoCo families: simulate at most this many envs at a time, sampling the meta-batch in
-    equal waves of whole tasks (README, "Sampling in waves"); 0: all envs at once. The
-    episodes are the same either way."""
+    """MuJoCo families on the CPU: sample the meta-batch in equal waves of whole tasks of at
+    most this many envs, when such waves hold at least half of it and at least 64 envs
+    (meta.sampler.tasks_per_wave; README, "Sampling in waves"); 0: all envs at once. The
+    episodes are the same either way; waves are faster and take less memory."""
 
 
 @dataclass(frozen=True)
@@ -474,8 +475,11 @@ def _validate_sizes(cfg: Config) -> None:
     }
     for key, value in sizes.items():
         _require(value > 0, f"{key} must be a positive integer; got {value}")
-    _require(cfg.run.max_wave_envs >= 0,
-             f"run.max_wave_envs must be >= 0 (0: all envs at once); got {cfg.run.max_wave_envs}")
+    from meta.sampler import MIN_WAVE_ENVS  # imports torch: only when validating
+
+    _require(cfg.run.max_wave_envs == 0 or cfg.run.max_wave_envs >= MIN_WAVE_ENVS,
+             f"run.max_wave_envs must be 0 (all envs at once) or at least {MIN_WAVE_ENVS} "
+             f"(smaller waves cost more per step than they gain); got {cfg.run.max_wave_envs}")
     _require(cfg.run.keep_every >= 0,
              f"run.keep_every must be >= 0 (0: keep no extra checkpoints); got {cfg.run.keep_every}")
     for size in cfg.policy.hidden_sizes:

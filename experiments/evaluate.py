@@ -83,6 +83,7 @@ from experiments.rundir import (RunDirError, atomic_write_bytes, atomic_write_te
 from experiments.train import AUTO_BATCHING, build_policy, simulator_envs
 from meta.adaptation import AdvantageSettings
 from meta.evaluation import ci95, evaluate_adaptation, step_sizes
+from meta.sampler import MAX_WAVE_ENVS
 
 BASELINES = ("pretrained", "random", "ppo", "oracle", "stand_still")
 CHECKPOINTS = ("latest", "best")  # and iteration-<k>, kept by run.keep_every
@@ -275,7 +276,7 @@ class Protocol:
     advantages: AdvantageSettings
     device: str = "cpu"
     trained_steps: int = 1  # the run's inner steps: those take fast_lr, later ones half
-    max_wave_envs: int = 512  # the run's run.max_wave_envs: same episodes, less memory
+    max_wave_envs: int = MAX_WAVE_ENVS  # the run's run.max_wave_envs: same episodes, faster
 
     @property
     def step_sizes(self) -> tuple[float, ...]:
@@ -314,7 +315,8 @@ def adaptation_curve(policy: nn.Module, tasks: Sequence, protocol: Protocol,
     """Per-task returns after 0..K adaptation steps, ``[len(tasks)][K + 1]``
     (:func:`meta.evaluation.evaluate_adaptation`)."""
     n = protocol.episodes_per_step
-    envs = simulator_envs(protocol.family, len(tasks), n, protocol.max_wave_envs)
+    envs = simulator_envs(protocol.family, len(tasks), n, protocol.max_wave_envs,
+                          protocol.device)
     venv = make_vector_env(protocol.family, envs, protocol.device)
     batching = AUTO_BATCHING[torch.device(protocol.device).type]
     try:

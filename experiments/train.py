@@ -77,11 +77,12 @@ def build_policy(cfg: cfglib.Config, observation_space, action_space) -> nn.Modu
 
 
 def simulator_envs(family_name: str, num_tasks: int, episodes_per_task: int,
-                   max_wave_envs: int) -> int:
+                   max_wave_envs: int, device: str = "cpu") -> int:
     """The simulator's size for ``num_tasks x episodes_per_task`` episodes: one wave of them
-    for the MuJoCo families (:func:`meta.sampler.tasks_per_wave`), all of them for
-    Navigation2D, whose simulator runs on torch."""
-    if not family(family_name).mujoco:
+    (:func:`meta.sampler.tasks_per_wave`) for the MuJoCo families with the policy on the CPU;
+    all of them for Navigation2D, whose simulator runs on torch, and with the policy on CUDA,
+    where waves are not checked to give the same episodes."""
+    if not family(family_name).mujoco or torch.device(device).type != "cpu":
         return num_tasks * episodes_per_task
     return tasks_per_wave(num_tasks, episodes_per_task, max_wave_envs) * episodes_per_task
 
@@ -89,7 +90,7 @@ def simulator_envs(family_name: str, num_tasks: int, episodes_per_task: int,
 def sampler_envs(cfg: cfglib.Config) -> int:
     """The training simulator's size (``run.max_wave_envs``, :func:`simulator_envs`)."""
     return simulator_envs(cfg.env.family, cfg.maml.meta_batch_size, cfg.maml.episodes_per_task,
-                          cfg.run.max_wave_envs)
+                          cfg.run.max_wave_envs, cfg.run.device)
 
 
 def build(cfg: cfglib.Config) -> Components:

@@ -5,9 +5,12 @@ All environments of all tasks advance together: one batched policy forward per t
 of our own, nothing that can hang.
 
 A simulator smaller than the meta-batch runs it in *waves* of whole tasks, one after the other,
-giving the same episodes bit for bit: each environment keeps the reset seed and the action
-noise it would have had in one wave. Fewer environments at a time keep the simulator's states
-closer to the cores' caches (README, "Sampling in waves").
+giving the same episodes: each environment keeps the reset seed and the action noise it would
+have had in one wave. Fewer environments at a time keep the simulator's states closer to the
+cores' caches (README, "Sampling in waves"). Bit for bit as long as the policy's matrix
+products give each row the same bits whatever the number of rows: on the CPU checked (torch
+2.13.0+cpu) they did from 16 rows on; :func:`tasks_per_wave` makes waves of at least
+:data:`MIN_WAVE_ENVS`. Not checked on CUDA, where training samples at once.
 """
 
 from __future__ import annotations
@@ -43,14 +46,30 @@ def _one_intra_op_thread(device: torch.device):
             torch.set_num_threads(previous)
 
 
-def tasks_per_wave(num_tasks: int, episodes_per_task: int, max_envs: int) -> int:
-    """How many tasks to sample at a time: the most that divide ``num_tasks`` into equal waves
-    of at most ``max_envs`` environments (``tasks x episodes_per_task``).
+#: ``(t, dist params) -> actions``: how a wave draws the actions of its step ``t``.
+SampleActions = Callable[[int, tuple[Tensor, ...]], Tensor]
 
-    Every task in one wave when ``max_envs`` is 0 (or below), when they all fit, or when the
-    divisors only allow waves of fewer than ``max_envs / 2`` envs (37 tasks x 20 episodes
-    under 512 would be waves of one task, 20 envs, whose fixed per-step costs would outweigh
-    what the caches gain). A task's episodes stay in one wave, however many they are.
+#: Default largest wave, in envs (``run.max_wave_envs``): the presets' 800 envs run as 2 x 400.
+MAX_WAVE_ENVS = 512
+#: Fewest envs a wave may hold. Below it the fixed per-step costs outweigh what the caches
+#: gain, and the policy's matrix products may give a row other bits than in a larger batch
+#: (seen on this CPU at 1-12 rows), which would change the episodes.
+MIN_WAVE_ENVS = 64
+
+
+def tasks_per_wave(num_tasks: int, episodes_per_task: int, max_envs: int) -> int:
+    """How many tasks to sample at a time.
+
+    Args:
+        num_tasks, episodes_per_task: the meta-batch, ``N x E`` envs.
+        max_envs: the largest wave wanted, in envs; 0 (or below) for one wave.
+    Returns:
+        ``K``, a divisor of ``N``: the most tasks whose ``K x E`` envs fit ``max_envs`` (at least
+        one task: a task's episodes stay in one wave). ``N``, one wave, when the meta-batch
+        fits, or when such waves would hold fewer than ``max(MIN_WAVE_ENVS, max_envs / 2)``
+        envs (37 tasks x 20 episodes under 512: waves of one task, 20 envs).
+    Raises:
+        ValueError: no task or no episode.
     """
     if num_tasks < 1 or episodes_per_task < 1:
         raise ValueError(f"need at least one task and one episode, got {num_tasks} tasks x "
@@ -59,10 +78,8 @@ def tasks_per_wave(num_tasks: int, episodes_per_task: int, max_envs: int) -> int
         return num_tasks
     fitting = [k for k in range(1, num_tasks + 1)
                if num_tasks % k == 0 and k * episodes_per_task <= max_envs]
-    if not fitting:  # one task's episodes alone exceed max_envs
-        return 1
-    best = max(fitting)
-    return num_tasks if 2 * best * episodes_per_task < max_envs else best
+    k = max(fitting, default=1)
+    return num_tasks if k * episodes_per_task < max(MIN_WAVE_ENVS, max_envs / 2) else k
 
 
 @torch.no_grad()
@@ -108,7 +125,8 @@ def sample_episodes(
         return _run_waves(venv, policy, params, tasks, e, seed, per_task_params)
 
 
-def _run_waves(venv, policy, params, tasks, e, seed, per_task_params) -> Episodes:
+def _run_waves(venv: TaskVectorEnv, policy: nn.Module, params: Mapping[str, Tensor],
+               tasks: Sequence, e: int, seed: int, per_task_params: bool) -> Episodes:
     """The meta-batch in waves of ``venv.num_envs // e`` tasks (see :func:`sample_episodes`)."""
     if not hasattr(policy, "draw_noise"):
         raise ValueError(f"sampling in waves needs the action noise drawn beforehand, which "
@@ -125,7 +143,7 @@ def _run_waves(venv, policy, params, tasks, e, seed, per_task_params) -> Episode
     def params_of(part: slice) -> Mapping[str, Tensor]:
         return {name: p[part] for name, p in params.items()} if per_task_params else params
 
-    def sampler(part: slice) -> Callable[[int, tuple], Tensor]:
+    def sampler(part: slice) -> SampleActions:
         return lambda t, dist: policy.sample(dist, noise=noise[t][part])
 
     waves = [_run_wave(venv, policy, params_of(part), tasks[part], e, seed, per_task_params,
@@ -149,14 +167,17 @@ class _Wave:
     unstable: Tensor
 
 
-def _forward(policy, params, obs_ne: Tensor, per_task_params: bool):
+def _forward(policy: nn.Module, params: Mapping[str, Tensor], obs_ne: Tensor,
+             per_task_params: bool) -> tuple[Tensor, ...]:
+    """The dist params of ``obs [K, E, D]``, with per-task or shared ``params``."""
     if per_task_params:
         return batched_dist_params(policy, params, obs_ne)
     return dist_params(policy, params, obs_ne)
 
 
-def _run_wave(venv, policy, params, tasks, e, seed, per_task_params, sample_actions,
-              offset: int | None = None) -> _Wave:
+def _run_wave(venv: TaskVectorEnv, policy: nn.Module, params: Mapping[str, Tensor],
+              tasks: Sequence, e: int, seed: int, per_task_params: bool,
+              sample_actions: SampleActions, offset: int | None = None) -> _Wave:
     """Run one episode in each of the simulator's envs, until all have ended.
 
     ``sample_actions(t, dist)`` draws the actions of step ``t``; ``offset`` (waves) is the
@@ -190,8 +211,8 @@ def _run_wave(venv, policy, params, tasks, e, seed, per_task_params, sample_acti
                  unstable.reshape(n, e))
 
 
-def _pad_frozen(wave: _Wave, horizon: int, policy, params, per_task_params,
-                sample_actions) -> None:
+def _pad_frozen(wave: _Wave, horizon: int, policy: nn.Module, params: Mapping[str, Tensor],
+                per_task_params: bool, sample_actions: SampleActions) -> None:
     """Extend a wave that ended early to ``horizon`` steps, as one wave would have run on.
 
     Its envs are all frozen then: the first extra step sees the observations of the last
@@ -209,7 +230,7 @@ def _pad_frozen(wave: _Wave, horizon: int, policy, params, per_task_params,
         obs = torch.zeros_like(obs)
 
 
-def _episodes(policy, waves: list[_Wave]) -> Episodes:
+def _episodes(policy: nn.Module, waves: list[_Wave]) -> Episodes:
     """Stack the waves' steps into :class:`Episodes` ``[N, T, E, ...]``."""
 
     def cat(parts: list[Tensor]) -> Tensor:  # the waves' tasks joined

@@ -132,7 +132,7 @@ def test_sampling_in_waves_gives_the_episodes_of_one_wave(name):
     and with per-task parameters. Hopper terminates early and has a model per task, so its
     waves end at different steps and load other models; HalfCheetah runs to the horizon.
     (16 rows: fewer can change the policy's matrix products in the last bits, see
-    meta/sampler.py.)"""
+    meta/sampler.py's docstring.)"""
     tasks, e = tasks_of(name, 4, seed=5), 8
     horizon = 200
     one = MujocoBatchEnv(name, len(tasks) * e, horizon=horizon, num_threads=2,
@@ -160,10 +160,14 @@ def test_sampling_in_waves_gives_the_episodes_of_one_wave(name):
         wave.close()
 
 
-def test_reset_with_an_offset_gives_the_envs_their_place_in_a_larger_batch():
-    big, small = MujocoBatchEnv("AntGoal", 6, num_threads=1), MujocoBatchEnv("AntGoal", 2)
+@pytest.mark.parametrize("simulator", [MujocoBatchEnv, SyncTaskVectorEnv])
+def test_reset_with_an_offset_gives_the_envs_their_place_in_a_larger_batch(simulator):
+    big, small = simulator("AntGoal", 6), simulator("AntGoal", 2)
     try:
         assert torch.equal(big.reset(seed=4)[4:], small.reset(seed=4, offset=4))
+        assert not torch.equal(big.reset(seed=4)[:2], small.reset(seed=4, offset=4))
+        with pytest.raises(ValueError, match="offset"):
+            small.reset(seed=4, offset=-1)
     finally:
         big.close()
         small.close()

@@ -207,6 +207,7 @@ INVALID = [
     (["run.checkpoint_every=0"], "run.checkpoint_every"),
     (["run.keep_every=-1"], "run.keep_every"),
     (["run.max_wave_envs=-1"], "run.max_wave_envs"),
+    (["run.max_wave_envs=63"], "run.max_wave_envs"),
     (["policy.hidden_sizes=64,0"], "policy.hidden_sizes"),
     (["policy.hidden_sizes=-5"], "policy.hidden_sizes"),
     (["maml.fast_lr=0"], "maml.fast_lr"),

@@ -187,8 +187,8 @@ def test_a_run_trained_with_two_inner_steps_is_evaluated_with_two_full_steps(run
 
 
 def test_a_mujoco_curve_sampled_in_waves_equals_the_one_sampled_at_once(monkeypatch):
-    """The run's ``run.max_wave_envs`` reaches the evaluation: 4 tasks x 8 episodes in waves
-    of 16 envs give the same per-task returns as all 32 envs at once."""
+    """A protocol's ``max_wave_envs`` reaches the simulator: 16 tasks x 8 episodes in waves of
+    64 envs give the same per-task returns as all 128 envs at once."""
     from agents.policies import GaussianMLPPolicy
 
     sizes = []
@@ -200,13 +200,20 @@ def test_a_mujoco_curve_sampled_in_waves_equals_the_one_sampled_at_once(monkeypa
     monkeypatch.setattr(evaluate, "make_vector_env", recording)
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(17, 6, hidden_sizes=(16,))
-    tasks = get_split("halfcheetah-vel", "test")[:4]
+    tasks = get_split("halfcheetah-vel", "test")[:16]
     curves = [evaluate.adaptation_curve(
         policy, tasks, evaluate.Protocol("HalfCheetahVel", 1, 8, 0.1, AdvantageSettings(),
                                          max_wave_envs=wave), seed=2)
-        for wave in (0, 16)]
-    assert sizes == [32, 16]
+        for wave in (0, 64)]
+    assert sizes == [128, 64]
     assert curves[0] == curves[1]
+
+
+def test_the_protocol_takes_the_run_s_wave_size(run_dir):
+    run = evaluate.load_run(run_dir)
+    assert evaluate.protocol_of(run, 1, None).max_wave_envs == run.cfg.run.max_wave_envs
+    other = dataclasses.replace(run.cfg, run=dataclasses.replace(run.cfg.run, max_wave_envs=128))
+    assert evaluate.protocol_of(dataclasses.replace(run, cfg=other), 1, None).max_wave_envs == 128
 
 
 def test_same_seed_same_result_different_seed_different(run_dir, capsys):

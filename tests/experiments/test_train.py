@@ -25,7 +25,9 @@ import torch
 from experiments import config as cfglib
 from experiments.presets import get_preset
 from experiments.rundir import load_checkpoint
-from experiments.train import build_policy, main, parser, prepare_run_dir, resolve, sampler_envs
+from experiments.train import (build, build_policy, main, parser, prepare_run_dir, resolve,
+                               sampler_envs, simulator_envs)
+from meta.sampler import MAX_WAVE_ENVS
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["maml.meta_batch_size=2", "maml.episodes_per_task=2", "policy.hidden_sizes=8,8"]
@@ -556,9 +558,15 @@ def test_bad_input_from_the_command_line(dirs, args):
 
 def test_the_simulator_holds_one_wave_of_a_mujoco_meta_batch():
     cheetah = get_preset("halfcheetah-vel")  # 40 tasks x 20 episodes
-    assert sampler_envs(cheetah) == 400  # 2 waves under the default 512
+    assert cheetah.run.max_wave_envs == MAX_WAVE_ENVS
+    parts = build(cheetah)
+    try:
+        assert parts.venv.num_envs == sampler_envs(cheetah) == 400  # 2 waves under 512
+    finally:
+        parts.venv.close()
     assert sampler_envs(cfglib.apply_overrides(cheetah, ["run.max_wave_envs=0"])) == 800
     assert sampler_envs(cfglib.apply_overrides(cheetah, ["run.max_wave_envs=100"])) == 100
-    # Navigation2D runs on the torch simulator, all at once
-    nav = cfglib.apply_overrides(cfglib.Config(), ["run.max_wave_envs=10"])
+    # all at once: Navigation2D, on the torch simulator, and the policy on CUDA
+    nav = cfglib.apply_overrides(cfglib.Config(), ["run.max_wave_envs=64"])
     assert sampler_envs(nav) == nav.maml.meta_batch_size * nav.maml.episodes_per_task
+    assert simulator_envs("HalfCheetahVel", 40, 20, 512, "cuda") == 800

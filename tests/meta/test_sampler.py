@@ -170,6 +170,49 @@ def test_waves_give_the_episodes_of_one_wave():
         assert lengths[:4].max() < 30 and (lengths[4:] == 30).all()
 
 
+class _Diverging(TorchNavigation2D):
+    """Navigation2D whose envs with goal x 0.5 "diverge" once x passes 0.35: truncated and
+    unstable, reward 0, then frozen, as a simulator reports a diverged state."""
+
+    def step(self, actions):
+        running = self._running.clone()
+        out = super().step(actions)
+        bad = (running & (self._goals[:, 0] == 0.5) & (out.observations[:, 0] > 0.35)
+               & ~out.terminated)
+        self._running &= ~bad
+        rewards = torch.where(bad, torch.zeros_like(out.rewards), out.rewards)
+        return type(out)(out.observations, rewards, out.terminated, out.truncated | bad,
+                         out.unstable | bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_two_and_four_waves_with_diverged_envs_in_either_order(dtype):
+    """16 tasks in 1, 2 and 4 waves: waves that end early, late or diverge, in both orders."""
+    near, far, diverging = (GoalTask(goal=(0.3, 0.3)), GoalTask(goal=(-0.4, 0.2)),
+                            GoalTask(goal=(0.5, 0.0)))
+    policy = make_policy(bias=(0.1, 0.0), std=0.3).to(dtype)
+    shared = params_of(policy)
+    per_task = {k: torch.stack([v * (1 + 0.05 * i) for i in range(16)]) for k, v in shared.items()}
+    for tasks in ([far] * 4 + [near] * 4 + [diverging] * 4 + [near] * 4,
+                  [near] * 4 + [diverging] * 4 + [far] * 8):
+        for params, per in ((shared, False), (per_task, True)):
+            runs = []
+            for wave in (16, 8, 4):
+                venv = _Diverging(wave * E)
+                venv.horizon = 40
+                runs.append(sample(venv, policy, seed=7, tasks=tasks, params=params,
+                                   per_task=per))
+            for other in runs[1:]:
+                assert_same_episodes(runs[0], other)
+            assert runs[0].unstable.any() and runs[0].observations.dtype == dtype
+
+
+def test_a_policy_of_the_wrong_size_is_refused_in_waves_too():
+    policy = GaussianMLPPolicy(2, 1, hidden_sizes=(8,))  # 1 action dim, the env takes 2
+    with pytest.raises(ValueError, match="noise of shape"):
+        sample(torch_env(E), policy, tasks=TASKS)
+
+
 def test_tasks_per_wave():
     assert tasks_per_wave(40, 20, 512) == 20  # the presets: 2 waves of 400 envs
     assert tasks_per_wave(40, 20, 800) == 40
@@ -178,6 +221,8 @@ def test_tasks_per_wave():
     assert tasks_per_wave(30, 20, 512) == 15  # 2 waves of 300
     assert tasks_per_wave(37, 20, 512) == 37  # waves of 1 task (20 envs) would be too small
     assert tasks_per_wave(4, 100, 50) == 1  # at least one task, however many episodes
+    assert tasks_per_wave(6, 1, 2) == 6  # waves under MIN_WAVE_ENVS: all at once
+    assert tasks_per_wave(8, 16, 64) == 4  # MIN_WAVE_ENVS itself is allowed
     with pytest.raises(ValueError, match="at least one"):
         tasks_per_wave(0, 20, 512)
 
