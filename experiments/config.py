@@ -149,9 +149,9 @@ class RunConfig:
     """Stop the run after this many outer steps in a row were rejected for non-finite values."""
     max_wave_envs: int = 512
     """MuJoCo families on the CPU: sample the meta-batch in equal waves of whole tasks of at
-    most this many envs, when such waves hold at least half of it and at least 64 envs
+    most this many envs, where such waves hold at least half that many and at least 64 envs
     (meta.sampler.tasks_per_wave; README, "Sampling in waves"); 0: all envs at once. The
-    episodes are the same either way; waves are faster and take less memory."""
+    episodes are the same either way; waves take less memory (and less time on HalfCheetah)."""
 
 
 @dataclass(frozen=True)
