@@ -5,22 +5,28 @@
 
 Samples the same meta-batch (``--tasks`` x ``--episodes`` of the family, the preset's fresh
 policy on the CPU, one seed) with :func:`meta.sampler.sample_episodes` on simulators of one
-wave for each wave count ``w`` (``tasks / w`` tasks each; ``w`` must divide ``--tasks``), the
-wave counts taken in turn ``--rounds`` times after one untimed warm-up each, so that every
-setting sees the same drift of the machine. Prints one JSON object:
+wave for each wave count ``w`` (``tasks / w`` tasks each; ``w`` must divide ``--tasks``; one
+wave, the baseline, is always measured). After one untimed warm-up each, the wave counts are
+timed in turn ``--rounds`` times, in reverse order every other round, so that every setting
+sees the same drift of the machine. Prints one JSON object:
 
 * ``waves``: per wave count, ``envs`` (the simulator's size), ``sps`` (env steps/s of the
   whole sampling, per round), ``simulator_seconds`` (the time inside the simulator's ``step``,
   native stepping and its numpy, per round) and ``other_seconds`` (the rest: policy forwards,
   action noise, resets, bookkeeping);
 * ``speedup``: per wave count, the median over rounds of its ``sps`` over one wave's in the
-  same round (the baseline, ``1``);
-* ``same_episodes``: whether every wave count gave the one-wave episodes bit for bit.
+  same round;
+* ``same_episodes``: whether every wave count gave the one-wave episodes bit for bit (the
+  warm-up's). This script does not refuse waves under ``meta.sampler.MIN_WAVE_ENVS``, where
+  the policy's matrix products may give other bits: this key says whether they did.
+
+The sampler runs its policy on one torch thread whatever the setting.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -44,8 +50,10 @@ FIELDS = ("observations", "actions", "rewards", "mask", "log_probs", "last_obser
 
 
 def same_episodes(a: Episodes, b: Episodes) -> bool:
-    """Every tensor of ``a`` equals ``b``'s, bit for bit (shapes and dtypes included)."""
+    """Every tensor of ``a`` equals ``b``'s: shapes, dtypes and values (episodes hold no NaN:
+    the simulators zero a diverged state's observation and reward)."""
     return all(getattr(a, f).shape == getattr(b, f).shape
+               and getattr(a, f).dtype == getattr(b, f).dtype
                and torch.equal(getattr(a, f), getattr(b, f)) for f in FIELDS)
 
 
@@ -65,45 +73,50 @@ class _TimedSteps:
             self.seconds += time.perf_counter() - start
 
 
-def measure(family_name: str, tasks: int, episodes: int, waves: Sequence[int], rounds: int,
-            horizon: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """The JSON object of the module docstring, for one family."""
-    spec = resolve_families([family_name])[0]
+def check_waves(tasks: int, waves: Sequence[int]) -> list[int]:
+    """The wave counts to measure: one wave first, then the others given, each once.
+
+    Raises:
+        ValueError: a count that does not divide ``tasks``.
+    """
     for w in waves:
         if tasks % w:
             raise ValueError(f"--waves: {w} waves do not divide {tasks} tasks evenly")
-    venvs = {w: MujocoBatchEnv(spec.name, tasks // w * episodes, "cpu", horizon=horizon)
-             for w in waves}
-    try:
-        any_venv = next(iter(venvs.values()))
-        policy = bench_policy(spec, any_venv.observation_space, any_venv.action_space, "cpu")
+    return [1, *dict.fromkeys(w for w in waves if w != 1)]
+
+
+def measure(family_name: str, tasks: int, episodes: int, waves: Sequence[int], rounds: int,
+            horizon: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """The JSON object of the module docstring, for one family (``waves``: see
+    :func:`check_waves`)."""
+    spec = resolve_families([family_name])[0]
+    waves = check_waves(tasks, waves)
+    with contextlib.ExitStack() as stack:
+        venvs = {w: stack.enter_context(MujocoBatchEnv(spec.name, tasks // w * episodes, "cpu",
+                                                       horizon=horizon)) for w in waves}
+        policy = bench_policy(spec, venvs[1].observation_space, venvs[1].action_space, "cpu")
         params = {k: v.detach() for k, v in policy.named_parameters()}
         task_list = make(spec.name).unwrapped.sample_tasks(tasks, np.random.default_rng(seed))
         timers = {w: _TimedSteps(v) for w, v in venvs.items()}
         results: dict[int, dict[str, list[float]]] = {
             w: {"sps": [], "simulator_seconds": [], "other_seconds": []} for w in waves}
-        reference, same = None, True
-        for w, venv in venvs.items():  # warm-up, and the episodes to compare
-            batch = sample_episodes(venv, policy, params, task_list, episodes, seed=seed)
-            reference = batch if reference is None else reference
-            same = same and same_episodes(reference, batch)
-        for _ in range(rounds):
-            for w, venv in venvs.items():
+        batches = {w: sample_episodes(venv, policy, params, task_list, episodes, seed=seed)
+                   for w, venv in venvs.items()}  # warm-up, and the episodes to compare
+        same = all(same_episodes(batches[1], batch) for batch in batches.values())
+        for r in range(rounds):
+            for w in (waves if r % 2 == 0 else waves[::-1]):
                 timers[w].seconds = 0.0
                 start = time.perf_counter()
-                batch = sample_episodes(venv, policy, params, task_list, episodes, seed=seed)
+                batch = sample_episodes(venvs[w], policy, params, task_list, episodes, seed=seed)
                 wall = time.perf_counter() - start
                 results[w]["sps"].append(batch.env_steps / wall)
                 results[w]["simulator_seconds"].append(timers[w].seconds)
                 results[w]["other_seconds"].append(wall - timers[w].seconds)
-    finally:
-        for venv in venvs.values():
-            venv.close()
-    base = results[waves[0]]["sps"]
+        sizes = {w: venv.num_envs for w, venv in venvs.items()}
+    base = results[1]["sps"]
     return {
         "family": spec.name, "tasks": tasks, "episodes": episodes, "rounds": rounds,
-        "baseline_waves": waves[0], "torch_threads": torch.get_num_threads(),
-        "waves": {str(w): {"envs": venvs[w].num_envs, **results[w]} for w in waves},
+        "waves": {str(w): {"envs": sizes[w], **results[w]} for w in waves},
         "speedup": {str(w): statistics.median(a / b for a, b in zip(results[w]["sps"], base))
                     for w in waves},
         "same_episodes": same,
@@ -117,7 +130,8 @@ def parser() -> Parser:
     p.add_argument("--tasks", type=int, default=40, help="tasks of the meta-batch (default 40)")
     p.add_argument("--episodes", type=int, default=20, help="episodes per task (default 20)")
     p.add_argument("--waves", default="1,2,4,8",
-                   help="wave counts, the first the baseline (default 1,2,4,8)")
+                   help="wave counts (default 1,2,4,8; one wave, the baseline, is always "
+                        "measured)")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds (default 3)")
     p.add_argument("--horizon", type=int, default=None,
                    help="episode length (default: the family's)")
@@ -126,17 +140,17 @@ def parser() -> Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
+    try:  # the arguments; a failure while measuring is not a usage error
         for name in ("tasks", "episodes", "rounds"):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
         if args.horizon is not None and args.horizon < 1:
             raise ValueError(f"--horizon must be positive, got {args.horizon}")
-        waves = parse_ints(args.waves, "--waves")
-        result = measure(args.family, args.tasks, args.episodes, waves, args.rounds,
-                         args.horizon)
+        resolve_families([args.family])
+        waves = check_waves(args.tasks, parse_ints(args.waves, "--waves"))
     except (UnknownFamilyError, ValueError) as err:
         return fail(PROG, str(err))
+    result = measure(args.family, args.tasks, args.episodes, waves, args.rounds, args.horizon)
     print(json.dumps(result), flush=True)
     return 0
 

@@ -150,8 +150,9 @@ class RunConfig:
     max_wave_envs: int = 512
     """MuJoCo families on the CPU: sample the meta-batch in equal waves of whole tasks of at
     most this many envs, where such waves hold at least half that many and at least 64 envs
-    (meta.sampler.tasks_per_wave; README, "Sampling in waves"); 0: all envs at once. The
-    episodes are the same either way; waves take less memory (and less time on HalfCheetah)."""
+    (a task's episodes stay in one wave, even above the limit; meta.sampler.tasks_per_wave;
+    README, "Sampling in waves"); 0: all envs at once. The episodes are the same either way;
+    at the default, waves take less memory and, on HalfCheetah, less time."""
 
 
 @dataclass(frozen=True)
@@ -479,7 +480,8 @@ def _validate_sizes(cfg: Config) -> None:
 
     _require(cfg.run.max_wave_envs == 0 or cfg.run.max_wave_envs >= MIN_WAVE_ENVS,
              f"run.max_wave_envs must be 0 (all envs at once) or at least {MIN_WAVE_ENVS} "
-             f"(smaller waves cost more per step than they gain); got {cfg.run.max_wave_envs}")
+             f"(fewer rows may change the policy's arithmetic, and so the episodes); got "
+             f"{cfg.run.max_wave_envs}")
     _require(cfg.run.keep_every >= 0,
              f"run.keep_every must be >= 0 (0: keep no extra checkpoints); got {cfg.run.keep_every}")
     for size in cfg.policy.hidden_sizes:

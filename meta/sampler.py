@@ -51,9 +51,10 @@ SampleActions = Callable[[int, tuple[Tensor, ...]], Tensor]
 
 #: Default largest wave, in envs (``run.max_wave_envs``): the presets' 800 envs run as 2 x 400.
 MAX_WAVE_ENVS = 512
-#: Fewest envs a wave may hold. Below it the fixed per-step costs outweigh what the caches
-#: gain, and the policy's matrix products may give a row other bits than in a larger batch
-#: (seen on this CPU at 1-12 rows), which would change the episodes.
+#: Fewest envs a wave may hold. With few rows the policy's matrix products may give a row other
+#: bits than in a larger batch (seen on this CPU at 1-12 rows, never from 16 on), which would
+#: change the episodes; 64 keeps a margin. (Speed asks for more: on HalfCheetah waves of 200
+#: envs were no faster than 800 at once, README "Sampling in waves".)
 MIN_WAVE_ENVS = 64
 
 

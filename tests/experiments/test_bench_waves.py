@@ -31,6 +31,14 @@ def test_every_wave_count_is_timed_and_gives_the_same_episodes(name, capsys):
     assert out["speedup"]["1"] == 1.0 and out["speedup"]["2"] > 0
 
 
+def test_one_wave_is_always_the_baseline(capsys):
+    argv = ["--tasks", "4", "--episodes", "16", "--waves", "2,2", "--rounds", "1",
+            "--horizon", "5"]
+    assert bench_waves.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["waves"]) == ["1", "2"] and out["speedup"]["1"] == 1.0
+
+
 def test_same_episodes_tells_different_episodes_apart():
     spec = resolve_families(["HalfCheetahVel"])[0]
     with MujocoBatchEnv(spec.name, 4, horizon=5) as venv:
@@ -45,6 +53,9 @@ def test_same_episodes_tells_different_episodes_apart():
     (["--waves", "3", "--tasks", "4"], "do not divide"),
     (["--waves", "0"], "--waves"),
     (["--tasks", "0"], "--tasks"),
+    (["--episodes", "0"], "--episodes"),
+    (["--rounds", "0"], "--rounds"),
+    (["--family", "Nowhere"], "Nowhere"),
     (["--horizon", "0"], "--horizon"),
     (["--family", "Navigation2D"], "not a MuJoCo family"),
 ])
