@@ -10,10 +10,12 @@ wave, the baseline, is always measured). After one untimed warm-up each, the wav
 timed in turn ``--rounds`` times, in reverse order every other round, so that every setting
 sees the same drift of the machine. Prints one JSON object:
 
+* ``family``, ``tasks``, ``episodes``, ``horizon``, ``seed``, ``rounds``: what was sampled;
 * ``waves``: per wave count, ``envs`` (the simulator's size), ``sps`` (env steps/s of the
-  whole sampling, per round), ``simulator_seconds`` (the time inside the simulator's ``step``,
-  native stepping and its numpy, per round) and ``other_seconds`` (the rest: policy forwards,
-  action noise, resets, bookkeeping);
+  whole sampling, per round), ``simulator_seconds`` (the time inside the simulator's ``step``
+  calls: the action check, the native stepping, the rewards and observations in numpy, the
+  tensors; per round) and ``other_seconds`` (the rest: resets, policy forwards, the action
+  noise, padding, the sampler's bookkeeping and its final log-probabilities);
 * ``speedup``: per wave count, the median over rounds of its ``sps`` over one wave's in the
   same round;
 * ``same_episodes``: whether every wave count gave the one-wave episodes bit for bit (the
@@ -113,9 +115,11 @@ def measure(family_name: str, tasks: int, episodes: int, waves: Sequence[int], r
                 results[w]["simulator_seconds"].append(timers[w].seconds)
                 results[w]["other_seconds"].append(wall - timers[w].seconds)
         sizes = {w: venv.num_envs for w, venv in venvs.items()}
+        horizons = {w: venv.horizon for w, venv in venvs.items()}
     base = results[1]["sps"]
     return {
-        "family": spec.name, "tasks": tasks, "episodes": episodes, "rounds": rounds,
+        "family": spec.name, "tasks": tasks, "episodes": episodes, "horizon": horizons[1],
+        "seed": seed, "rounds": rounds,
         "waves": {str(w): {"envs": sizes[w], **results[w]} for w in waves},
         "speedup": {str(w): statistics.median(a / b for a, b in zip(results[w]["sps"], base))
                     for w in waves},

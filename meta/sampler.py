@@ -1,8 +1,8 @@
 """Synchronous, deterministic episode sampler for a meta-batch of tasks.
 
-All environments of all tasks advance together: one batched policy forward per time step
-(``vmap`` over the tasks' own parameters), one batched simulator step. No processes, no threads
-of our own, nothing that can hang.
+All environments of all tasks (or of one wave of tasks, below) advance together: one batched
+policy forward per time step (``vmap`` over the tasks' own parameters), one batched simulator
+step. No processes, no threads of our own, nothing that can hang.
 
 A simulator smaller than the meta-batch runs it in *waves* of whole tasks, one after the other,
 giving the same episodes: each environment keeps the reset seed and the action noise it would
@@ -66,9 +66,10 @@ def tasks_per_wave(num_tasks: int, episodes_per_task: int, max_envs: int) -> int
         max_envs: the largest wave wanted, in envs; 0 (or below) for one wave.
     Returns:
         ``K``, a divisor of ``N``: the most tasks whose ``K x E`` envs fit ``max_envs`` (at least
-        one task: a task's episodes stay in one wave). ``N``, one wave, when the meta-batch
-        fits, or when such waves would hold fewer than ``max(MIN_WAVE_ENVS, max_envs / 2)``
-        envs (37 tasks x 20 episodes under 512: waves of one task, 20 envs).
+        one task: a task's episodes stay in one wave, even above ``max_envs``). ``N``, one
+        wave, when the meta-batch fits, or when such waves would hold fewer than
+        ``max(MIN_WAVE_ENVS, max_envs / 2)`` envs (37 tasks x 20 episodes under 512 would be
+        waves of one task, 20 envs: they run at once).
     Raises:
         ValueError: no task or no episode.
     """
@@ -98,8 +99,10 @@ def sample_episodes(
     Args:
         venv: a batched simulator with ``num_envs == len(tasks) * episodes_per_task``, or with
             ``K * episodes_per_task`` envs for a ``K`` that divides ``len(tasks)``: the tasks
-            then run ``K`` at a time, in waves, with the same episodes as in one wave (its
-            ``reset`` must take ``offset``, and the policy must have ``draw_noise``).
+            then run ``K`` at a time, in waves, with the same episodes as in one wave where
+            the policy's matrix products give each row the same bits whatever the number of
+            rows (module docstring; :func:`tasks_per_wave` keeps waves large enough). Its
+            ``reset`` must take ``offset``, and the policy must have ``draw_noise``.
         policy: the policy module (its own parameters are not used).
         params: the parameters to act with; with ``per_task_params`` every tensor has a leading
             task dim ``[N, ...]`` (adapted parameters), else they are shared by all tasks.
