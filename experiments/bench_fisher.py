@@ -21,6 +21,7 @@ then takes one TRPO step from the *same* parameters with every setting ``fisher:
   ``line_search_adaptations`` and ``line_search_adaptation_seconds`` (the line-search trials,
   ``meta.outer.candidate_loss_and_kl``: each re-adapts the tasks from the candidate
   parameters and evaluates the adapted policies, stopping early once the KL bound is broken);
+  with ``run.device=cuda`` every timer, ``seconds`` included, waits for the GPU's queued work;
 * ``matmul_gflop``: the step's matrix products (backward ones included), in GFLOP;
   ``matmul_isolated_seconds``: their time when each is replayed alone, hot in cache, at the
   BLAS's own speed (:mod:`experiments.matmuls`); ``matmul_share``: that over ``seconds``, a
@@ -80,28 +81,36 @@ def run_config(run_dir: Path | None, preset: str, overrides: Sequence[str]) -> c
     return cfglib.apply_overrides(cfg, overrides)
 
 
+def clock() -> float:
+    """``time.perf_counter()`` once the queued CUDA work, if any, is done: kernels run
+    asynchronously, so a timer around a call that only queues them would stop early."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 @contextlib.contextmanager
 def timed_outer_parts(timers: dict[str, float]) -> Iterator[None]:
     """Time ``meta.outer``'s conjugate gradient and line-search trials
-    (``candidate_loss_and_kl``) into ``timers`` while the block runs."""
+    (``candidate_loss_and_kl``) into ``timers`` while the block runs (with :func:`clock`)."""
     from meta import outer
 
     real_cg, real_trial = outer.conjugate_gradient_and_product, outer.candidate_loss_and_kl
 
     def cg(*args: Any, **kwargs: Any) -> Any:
-        began = time.perf_counter()
+        began = clock()
         try:
             return real_cg(*args, **kwargs)
         finally:
             timers["conjugate_gradient"] = (timers.get("conjugate_gradient", 0.0)
-                                            + time.perf_counter() - began)
+                                            + clock() - began)
 
     def trial(*args: Any, **kwargs: Any) -> Any:
-        began = time.perf_counter()
+        began = clock()
         try:
             return real_trial(*args, **kwargs)
         finally:
-            timers["line_search"] = timers.get("line_search", 0.0) + time.perf_counter() - began
+            timers["line_search"] = timers.get("line_search", 0.0) + clock() - began
             timers["line_search_calls"] = timers.get("line_search_calls", 0) + 1
 
     outer.conjugate_gradient_and_product, outer.candidate_loss_and_kl = cg, trial
@@ -150,10 +159,10 @@ def bench(cfg: cfglib.Config, settings: Sequence[tuple[str, float]], run_dir: Pa
                     ls_backtrack_ratio=o.ls_backtrack_ratio, fisher=fisher,
                     fisher_subsample=subsample)
         faults = minor_page_faults()
-        began = time.perf_counter()
+        began = clock()
         with timed_outer_parts(timers):
             step = trpo.step(batch)
-        seconds = time.perf_counter() - began
+        seconds = clock() - began
         timers["minor_page_faults"] = minor_page_faults() - faults
         return step, seconds
 

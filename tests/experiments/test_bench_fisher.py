@@ -86,3 +86,34 @@ def test_checkpoint_chooses_the_starting_parameters(tmp_path, capsys):
     first.write_bytes(b"garbage")
     assert bench_fisher.main(["--run-dir", str(run), "--checkpoint", str(first)]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("available, initialized, syncs", [
+    (True, True, 1), (True, False, 0), (False, False, 0)])
+def test_clock_waits_for_queued_cuda_work(monkeypatch, available, initialized, syncs):
+    """The sub-timers of the outer step stop after the GPU's queued kernels, not at their launch
+    (faked here: this machine has no GPU); without CUDA in use nothing is synchronised."""
+    calls = []
+    monkeypatch.setattr(bench_fisher.torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(bench_fisher.torch.cuda, "is_initialized", lambda: initialized)
+    monkeypatch.setattr(bench_fisher.torch.cuda, "synchronize", lambda: calls.append(1))
+    before = bench_fisher.time.perf_counter()
+    assert bench_fisher.clock() >= before
+    assert len(calls) == syncs
+
+
+def test_timed_outer_parts_use_the_clock(monkeypatch):
+    """Every sub-timer reads :func:`experiments.bench_fisher.clock` before and after its call."""
+    from meta import outer
+
+    reads = []
+    monkeypatch.setattr(bench_fisher, "clock", lambda: reads.append(1) or float(len(reads)))
+    monkeypatch.setattr(outer, "conjugate_gradient_and_product", lambda *a, **k: "cg")
+    monkeypatch.setattr(outer, "candidate_loss_and_kl", lambda *a, **k: "trial")
+    timers: dict[str, float] = {}
+    with bench_fisher.timed_outer_parts(timers):
+        assert outer.conjugate_gradient_and_product() == "cg"
+        assert outer.candidate_loss_and_kl() == "trial"
+    assert len(reads) == 4
+    assert timers["conjugate_gradient"] == 1.0 and timers["line_search"] == 1.0
+    assert timers["line_search_calls"] == 1
