@@ -42,7 +42,8 @@ only the steps of running episodes):
   one warm meta-iteration (the second of the process; ``first_iteration_seconds``: the first,
   with its one-off costs) of the family's default preset (``experiments/presets.py``, built with
   :func:`experiments.train.build`), run in a fresh process whose ``peak_rss_mb`` (peak resident
-  memory of that process, interpreter, torch and MuJoCo included) is reported with it;
+  memory of that process, interpreter, torch and MuJoCo included) is reported with it, and
+  on CUDA ``peak_cuda_mb`` (the GPU memory torch's allocator held at most; ``null`` on the CPU);
   ``iteration_sampling_sps`` is its sampling throughput at the preset's meta-batch size.
   That process keeps freed memory for reuse as ``adaptbed`` does (:mod:`experiments.memory`;
   ``malloc_keeps_freed`` says whether the setting took effect; ``ADAPTBED_MALLOC=system``
@@ -364,8 +365,18 @@ def iteration_split(preset: str, device: str, quick: bool, torch_threads: int | 
         "iteration_sampler_envs": parts.venv.num_envs,  # one wave (run.max_wave_envs)
         "iteration_sampling_sps": metrics["env_steps"] / max(split[1]["sampling"], 1e-9),
         "peak_rss_mb": peak_rss_mb(),
+        "peak_cuda_mb": peak_cuda_mb(device),
         "malloc_keeps_freed": malloc_kept,
     }
+
+
+def peak_cuda_mb(device: str) -> float | None:
+    """The most GPU memory torch's allocator held for tensors in this process so far, in MiB
+    (``torch.cuda.max_memory_allocated``): on ``cuda``, what ``peak_rss_mb``, host memory only,
+    does not see. ``None`` on the CPU."""
+    if torch.device(device).type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
 
 
 def peak_rss_mb() -> float:
@@ -497,15 +508,22 @@ def render(result: dict[str, Any]) -> str:
     lines.append(f"  stepping loop: {'native (envs/mjbatch.c)' if result['native_loop'] else 'Python'}")
     split = ", ".join(f"{k} {v:.2f}" for k, v in result["iteration_seconds"].items())
     lines.append(f"  meta-iteration {result['preset']} ({result['meta_batch']}): {split} s; "
-                 f"peak RSS {result['peak_rss_mb']:.0f} MB")
+                 f"{_peaks(result)}")
     return "\n".join(lines)
+
+
+def _peaks(result: dict[str, Any]) -> str:
+    text = f"peak RSS {result['peak_rss_mb']:.0f} MB"
+    if result.get("peak_cuda_mb") is not None:
+        text += f", peak CUDA memory {result['peak_cuda_mb']:.0f} MB"
+    return text
 
 
 def render_iteration(result: dict[str, Any]) -> str:
     split = ", ".join(f"{k} {v:.2f}" for k, v in result["iteration_seconds"].items())
     return (f"{result['family']}: meta-iteration {result['preset']} ({result['meta_batch']}"
             f"{', ' + ' '.join(result['overrides']) if result.get('overrides') else ''}): "
-            f"{split} s; peak RSS {result['peak_rss_mb']:.0f} MB")
+            f"{split} s; {_peaks(result)}")
 
 
 def parser() -> Parser:

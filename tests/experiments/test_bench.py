@@ -60,6 +60,7 @@ def test_iteration_only_measures_the_meta_iteration_with_overrides(capsys):
     result = json.loads(capsys.readouterr().out)
     assert "sampler_sps" not in result and result["overrides"] == ["outer.fisher_subsample=1"]
     assert result["iteration_seconds"]["total"] > 0 and result["peak_rss_mb"] > 0
+    assert result["peak_cuda_mb"] is None  # on the CPU
     assert result["malloc_keeps_freed"] == memory.supported()  # as `adaptbed` does
     assert bench.main(argv) == 0
     assert "meta-iteration halfcheetah-vel" in capsys.readouterr().out
@@ -146,3 +147,17 @@ def test_physics_limit_rolls_out_the_envs_physics(name):
         np.testing.assert_array_equal(data.qvel, states[b, -1, 1 + nq:1 + nq + nv])
     assert bench.physics_limit_sps(spec, work, threads=2) > 0
     assert bench.physics_limit_python_sps(spec, work, threads=2) > 0
+
+
+def test_peak_cuda_memory_is_the_allocators_peak_on_cuda_only(monkeypatch):
+    """Faked here (no GPU): on ``cuda`` the key is ``torch.cuda.max_memory_allocated`` in MiB,
+    and the readable output shows it; on the CPU it is ``None`` and not shown."""
+    asked = []
+    monkeypatch.setattr(bench.torch.cuda, "max_memory_allocated",
+                        lambda device=None: asked.append(device) or 3 * 2**20)
+    assert bench.peak_cuda_mb("cpu") is None and asked == []
+    assert bench.peak_cuda_mb("cuda") == 3.0 and asked == [torch.device("cuda")]
+    result = {"family": "X", "preset": "p", "meta_batch": "2x2", "peak_rss_mb": 100.0,
+              "iteration_seconds": {"sampling": 1.0}}
+    assert "CUDA" not in bench.render_iteration({**result, "peak_cuda_mb": None})
+    assert "peak CUDA memory 3 MB" in bench.render_iteration({**result, "peak_cuda_mb": 3.0})
