@@ -43,7 +43,7 @@ only the steps of running episodes):
   with its one-off costs) of the family's default preset (``experiments/presets.py``, built with
   :func:`experiments.train.build`), run in a fresh process whose ``peak_rss_mb`` (peak resident
   memory of that process, interpreter, torch and MuJoCo included) is reported with it, and
-  on CUDA ``peak_cuda_mb`` (the GPU memory torch's allocator held at most; ``null`` on the CPU);
+  on CUDA ``peak_cuda_mb`` (the most GPU memory tensors occupied; ``null`` on the CPU);
   ``iteration_sampling_sps`` is its sampling throughput at the preset's meta-batch size.
   That process keeps freed memory for reuse as ``adaptbed`` does (:mod:`experiments.memory`;
   ``malloc_keeps_freed`` says whether the setting took effect; ``ADAPTBED_MALLOC=system``
@@ -371,9 +371,10 @@ def iteration_split(preset: str, device: str, quick: bool, torch_threads: int | 
 
 
 def peak_cuda_mb(device: str) -> float | None:
-    """The most GPU memory torch's allocator held for tensors in this process so far, in MiB
-    (``torch.cuda.max_memory_allocated``): on ``cuda``, what ``peak_rss_mb``, host memory only,
-    does not see. ``None`` on the CPU."""
+    """The most GPU memory tensors occupied in this process so far, in MiB
+    (``torch.cuda.max_memory_allocated``; the allocator's cache and the CUDA context are not
+    counted): on ``cuda``, what ``peak_rss_mb``, host memory only, does not see. ``None`` on
+    the CPU."""
     if torch.device(device).type != "cuda":
         return None
     return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20

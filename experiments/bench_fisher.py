@@ -81,36 +81,37 @@ def run_config(run_dir: Path | None, preset: str, overrides: Sequence[str]) -> c
     return cfglib.apply_overrides(cfg, overrides)
 
 
-def clock() -> float:
-    """``time.perf_counter()`` once the queued CUDA work, if any, is done: kernels run
+def clock(device: torch.device | str) -> float:
+    """``time.perf_counter()`` once ``device``'s queued work is done: CUDA kernels run
     asynchronously, so a timer around a call that only queues them would stop early."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter()
 
 
 @contextlib.contextmanager
-def timed_outer_parts(timers: dict[str, float]) -> Iterator[None]:
+def timed_outer_parts(timers: dict[str, float], device: torch.device | str) -> Iterator[None]:
     """Time ``meta.outer``'s conjugate gradient and line-search trials
-    (``candidate_loss_and_kl``) into ``timers`` while the block runs (with :func:`clock`)."""
+    (``candidate_loss_and_kl``) into ``timers`` while the block runs, with :func:`clock` on
+    ``device`` (the outer update's)."""
     from meta import outer
 
     real_cg, real_trial = outer.conjugate_gradient_and_product, outer.candidate_loss_and_kl
 
     def cg(*args: Any, **kwargs: Any) -> Any:
-        began = clock()
+        began = clock(device)
         try:
             return real_cg(*args, **kwargs)
         finally:
             timers["conjugate_gradient"] = (timers.get("conjugate_gradient", 0.0)
-                                            + clock() - began)
+                                            + clock(device) - began)
 
     def trial(*args: Any, **kwargs: Any) -> Any:
-        began = clock()
+        began = clock(device)
         try:
             return real_trial(*args, **kwargs)
         finally:
-            timers["line_search"] = timers.get("line_search", 0.0) + clock() - began
+            timers["line_search"] = timers.get("line_search", 0.0) + clock(device) - began
             timers["line_search_calls"] = timers.get("line_search_calls", 0) + 1
 
     outer.conjugate_gradient_and_product, outer.candidate_loss_and_kl = cg, trial
@@ -159,10 +160,10 @@ def bench(cfg: cfglib.Config, settings: Sequence[tuple[str, float]], run_dir: Pa
                     ls_backtrack_ratio=o.ls_backtrack_ratio, fisher=fisher,
                     fisher_subsample=subsample)
         faults = minor_page_faults()
-        began = clock()
-        with timed_outer_parts(timers):
+        began = clock(cfg.run.device)
+        with timed_outer_parts(timers, cfg.run.device):
             step = trpo.step(batch)
-        seconds = clock() - began
+        seconds = clock(cfg.run.device) - began
         timers["minor_page_faults"] = minor_page_faults() - faults
         return step, seconds
 

@@ -88,32 +88,45 @@ def test_checkpoint_chooses_the_starting_parameters(tmp_path, capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("available, initialized, syncs", [
-    (True, True, 1), (True, False, 0), (False, False, 0)])
-def test_clock_waits_for_queued_cuda_work(monkeypatch, available, initialized, syncs):
-    """The sub-timers of the outer step stop after the GPU's queued kernels, not at their launch
-    (faked here: this machine has no GPU); without CUDA in use nothing is synchronised."""
+@pytest.mark.parametrize("device, syncs", [("cuda", ["cuda"]), ("cuda:1", ["cuda:1"]),
+                                            ("cpu", [])])
+def test_clock_waits_for_the_devices_queued_work(monkeypatch, device, syncs):
+    """The timers stop after the GPU's queued kernels, not at their launch (faked here: this
+    machine has no GPU); on the CPU nothing is synchronised (no CUDA context is started)."""
     calls = []
-    monkeypatch.setattr(bench_fisher.torch.cuda, "is_available", lambda: available)
-    monkeypatch.setattr(bench_fisher.torch.cuda, "is_initialized", lambda: initialized)
-    monkeypatch.setattr(bench_fisher.torch.cuda, "synchronize", lambda: calls.append(1))
+    monkeypatch.setattr(bench_fisher.torch.cuda, "synchronize",
+                        lambda device=None: calls.append(str(device)))
     before = bench_fisher.time.perf_counter()
-    assert bench_fisher.clock() >= before
-    assert len(calls) == syncs
+    assert bench_fisher.clock(device) >= before
+    assert calls == syncs
 
 
 def test_timed_outer_parts_use_the_clock(monkeypatch):
-    """Every sub-timer reads :func:`experiments.bench_fisher.clock` before and after its call."""
+    """Every sub-timer reads :func:`experiments.bench_fisher.clock` on the given device before
+    and after its call."""
     from meta import outer
 
     reads = []
-    monkeypatch.setattr(bench_fisher, "clock", lambda: reads.append(1) or float(len(reads)))
+    monkeypatch.setattr(bench_fisher, "clock", lambda device: reads.append(device) or len(reads))
     monkeypatch.setattr(outer, "conjugate_gradient_and_product", lambda *a, **k: "cg")
     monkeypatch.setattr(outer, "candidate_loss_and_kl", lambda *a, **k: "trial")
     timers: dict[str, float] = {}
-    with bench_fisher.timed_outer_parts(timers):
+    with bench_fisher.timed_outer_parts(timers, "cuda"):
         assert outer.conjugate_gradient_and_product() == "cg"
         assert outer.candidate_loss_and_kl() == "trial"
-    assert len(reads) == 4
-    assert timers["conjugate_gradient"] == 1.0 and timers["line_search"] == 1.0
+    assert reads == ["cuda"] * 4
+    assert timers["conjugate_gradient"] == 1 and timers["line_search"] == 1
     assert timers["line_search_calls"] == 1
+
+
+def test_the_step_and_its_parts_are_timed_by_the_clock(monkeypatch, capsys):
+    """A clock that ticks once per read: the step's ``seconds`` counts the reads inside it, so
+    it is read around the step, and every part twice (conjugate gradient once, each trial)."""
+    ticks = []
+    monkeypatch.setattr(bench_fisher, "clock", lambda device: ticks.append(device) or len(ticks))
+    assert bench_fisher.main([*TINY, "--settings", "exact:1"]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert set(ticks) == {"cpu"}
+    assert row["conjugate_gradient_seconds"] == 1
+    assert row["line_search_adaptation_seconds"] == row["line_search_adaptations"] >= 1
+    assert row["seconds"] == 1 + 2 * (1 + row["line_search_adaptations"])
