@@ -41,7 +41,6 @@ import contextlib
 import json
 import resource
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -54,6 +53,7 @@ from experiments.matmuls import Matmul, MatmulRecorder, gflop, isolated_seconds
 from experiments.memory import keep_freed_memory
 from experiments.presets import get_preset
 from experiments.rundir import RunDirError, load_checkpoint, load_latest_checkpoint, read_json
+from meta.adaptation import device_clock as clock  # waits for queued CUDA work
 
 DEFAULT_SETTINGS = "exact:1,exact:0.25,exact:0.1,first_order:1,first_order:0.1"
 
@@ -81,18 +81,10 @@ def run_config(run_dir: Path | None, preset: str, overrides: Sequence[str]) -> c
     return cfglib.apply_overrides(cfg, overrides)
 
 
-def clock(device: torch.device | str) -> float:
-    """``time.perf_counter()`` once ``device``'s queued work is done: CUDA kernels run
-    asynchronously, so a timer around a call that only queues them would stop early."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 @contextlib.contextmanager
 def timed_outer_parts(timers: dict[str, float], device: torch.device | str) -> Iterator[None]:
     """Time ``meta.outer``'s conjugate gradient and line-search trials
-    (``candidate_loss_and_kl``) into ``timers`` while the block runs, with :func:`clock` on
+    (``candidate_loss_and_kl``) into ``timers`` while the block runs, with ``clock`` (:func:`meta.adaptation.device_clock`) on
     ``device`` (the outer update's)."""
     from meta import outer
 

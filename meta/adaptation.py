@@ -52,7 +52,7 @@ class AdvantageSettings:
     bootstrap_truncated: bool = False
 
 
-def _clock(device: torch.device | str) -> float:
+def device_clock(device: torch.device | str) -> float:
     """``time.perf_counter()`` after the device's queued work is done: CUDA kernels run
     asynchronously, so without the wait a timer would stop at their launch."""
     if torch.device(device).type == "cuda":
@@ -91,12 +91,12 @@ def collect_meta_batch(venv: TaskVectorEnv, policy: nn.Module, params: Mapping[s
     metrics = {"env_steps": 0.0, "unstable_episodes": 0.0,
                "seconds_sampling": 0.0, "seconds_adapting": 0.0}
     for k, seed in enumerate(seeds):
-        start = _clock(venv.device)
+        start = device_clock(venv.device)
         episodes = sample_episodes(venv, policy, current, tasks, episodes_per_task, seed,
                                    per_task_params=per_task)
         episodes = with_advantages(episodes, advantages.gamma, advantages.gae_lambda,
                                    advantages.bootstrap_truncated)
-        metrics["seconds_sampling"] += _clock(venv.device) - start
+        metrics["seconds_sampling"] += device_clock(venv.device) - start
         metrics["env_steps"] += episodes.env_steps
         metrics["unstable_episodes"] += float(episodes.unstable.sum())
         try:
@@ -106,9 +106,9 @@ def collect_meta_batch(venv: TaskVectorEnv, policy: nn.Module, params: Mapping[s
         metrics[f"return_step_{k}"] = episodes.mean_return()
         batches.append(episodes)
         if k < inner.num_steps:
-            start = _clock(venv.device)
+            start = device_clock(venv.device)
             prefix = replace(inner, step_sizes=inner.step_sizes[: k + 1])
             current = detached(adapt(policy, base, batches, prefix, create_graph=False))
             per_task = True
-            metrics["seconds_adapting"] += _clock(venv.device) - start
+            metrics["seconds_adapting"] += device_clock(venv.device) - start
     return MetaBatch(train=batches[:-1], valid=batches[-1]), metrics

@@ -88,22 +88,10 @@ def test_checkpoint_chooses_the_starting_parameters(tmp_path, capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("device, syncs", [("cuda", ["cuda"]), ("cuda:1", ["cuda:1"]),
-                                            ("cpu", [])])
-def test_clock_waits_for_the_devices_queued_work(monkeypatch, device, syncs):
-    """The timers stop after the GPU's queued kernels, not at their launch (faked here: this
-    machine has no GPU); on the CPU nothing is synchronised (no CUDA context is started)."""
-    calls = []
-    monkeypatch.setattr(bench_fisher.torch.cuda, "synchronize",
-                        lambda device=None: calls.append(str(device)))
-    before = bench_fisher.time.perf_counter()
-    assert bench_fisher.clock(device) >= before
-    assert calls == syncs
-
-
 def test_timed_outer_parts_use_the_clock(monkeypatch):
-    """Every sub-timer reads :func:`experiments.bench_fisher.clock` on the given device before
-    and after its call."""
+    """Every sub-timer reads the clock (``meta.adaptation.device_clock``, which waits for queued
+    CUDA work: ``tests/meta/test_adaptation.py``) on the given device before and after its
+    call."""
     from meta import outer
 
     reads = []

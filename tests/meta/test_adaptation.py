@@ -10,7 +10,7 @@ from meta import adaptation
 def test_clock_waits_for_cuda_work_and_not_on_cpu(monkeypatch):
     waited: list[torch.device] = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
-    adaptation._clock("cpu")
+    adaptation.device_clock("cpu")
     assert waited == []
-    adaptation._clock("cuda:0")
+    adaptation.device_clock("cuda:0")
     assert waited == ["cuda:0"]
