@@ -19,8 +19,8 @@ setup(
             "envs._mjbatch",
             sources=[SOURCE],
             define_macros=[("MJBATCH_SOURCE_SHA256", f'"{DIGEST}"')],
-            extra_compile_args=["-O2", "-std=c11", "-pthread"],
-            extra_link_args=["-pthread"],
+            extra_compile_args=["-O3", "-std=c11", "-pthread", "-ffp-contract=off"],
+            extra_link_args=["-pthread", "-lm"],
             optional=True,
         )
     ]

@@ -19,11 +19,21 @@
  * A MuJoCo fatal error (mju_error) inside a step is caught with MuJoCo's thread-local error
  * hook (the one the Python bindings use to raise mujoco.FatalError): the step returns the
  * first failing env's index and message instead of ending the process.
+ *
+ * The other call (mjb_episodes) runs whole episodes with the policy in the loop, each env on
+ * one thread from its first step to its last, so that no thread waits for the others between
+ * steps and an env's MjData stays in its core's caches: per step, the observation (segments of
+ * the gathered fields, clipped), a float32 MLP for the Gaussian mean, the action
+ * mean + std * noise, the env step as above, the fields copied into per-step arrays, and the
+ * checks that end the episode (MuJoCo's divergence warnings, a non-finite state, the health
+ * ranges). Python computes rewards, observations and flags from the gathered fields afterwards.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <pthread.h>
+#include <math.h>
 #include <setjmp.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -71,7 +81,8 @@ struct pool {
   int started;      /* workers started so far (their ids) */
   int wanted;       /* workers that take part in the current job */
   int stop;
-  job_t *job;
+  void (*run)(void *job);  /* what the workers do with the current job */
+  void *job;
 };
 
 static _Thread_local jmp_buf *tls_jump;
@@ -103,7 +114,8 @@ static void record_failure(job_t *job, int64_t i) {
   }
 }
 
-static void drain(job_t *job) {
+static void drain(void *arg) {
+  job_t *job = arg;
   const int64_t B = job->num_envs;
   error_fn previous = job->get_tls_error();
   job->set_tls_error(catch_error);
@@ -135,9 +147,10 @@ static void *worker(void *arg) {
     }
     if (pool->stop) break;
     seen = pool->generation;
-    job_t *job = pool->job;
+    void (*run)(void *) = pool->run;
+    void *job = pool->job;
     pthread_mutex_unlock(&pool->mutex);
-    drain(job);
+    run(job);
     pthread_mutex_lock(&pool->mutex);
     if (--pool->active == 0) pthread_cond_signal(&pool->done);
   }
@@ -176,6 +189,29 @@ void mjb_pool_free(pool_t *pool) {
   free(pool);
 }
 
+/* Run `run(job)` on the calling thread and up to threads - 1 of the pool's workers; return when
+ * all have finished. */
+static void run_on_pool(pool_t *pool, int threads, void (*run)(void *), void *job) {
+  int helpers = threads - 1 < pool->num_workers ? threads - 1 : pool->num_workers;
+  if (helpers > 0) {
+    pthread_mutex_lock(&pool->mutex);
+    pool->run = run;
+    pool->job = job;
+    pool->wanted = helpers;
+    pool->active = helpers;
+    pool->generation++;
+    pthread_cond_broadcast(&pool->wake);
+    pthread_mutex_unlock(&pool->mutex);
+  }
+  run(job);
+  if (helpers > 0) {
+    pthread_mutex_lock(&pool->mutex);
+    while (pool->active > 0) pthread_cond_wait(&pool->done, &pool->mutex);
+    pool->job = NULL;
+    pthread_mutex_unlock(&pool->mutex);
+  }
+}
+
 /* One batched step on `threads` threads (the caller included). Returns -1 when every env
  * stepped, else the index of an env whose step raised a MuJoCo fatal error (its message is
  * copied into `message`, 512 bytes; the other envs were stepped or left as they were). */
@@ -192,25 +228,249 @@ int64_t mjb_step(pool_t *pool, int threads, int64_t block, mj_fn step, mj_fn pos
                .block = block > 0 ? block : 1, .failed_env = -1};
   atomic_init(&job.next, 0);
   atomic_init(&job.failed, 0);
-  int helpers = threads - 1 < pool->num_workers ? threads - 1 : pool->num_workers;
-  if (helpers > 0) {
-    pthread_mutex_lock(&pool->mutex);
-    pool->job = &job;
-    pool->wanted = helpers;
-    pool->active = helpers;
-    pool->generation++;
-    pthread_cond_broadcast(&pool->wake);
-    pthread_mutex_unlock(&pool->mutex);
-  }
-  drain(&job);
-  if (helpers > 0) {
-    pthread_mutex_lock(&pool->mutex);
-    while (pool->active > 0) pthread_cond_wait(&pool->done, &pool->mutex);
-    pool->job = NULL;
-    pthread_mutex_unlock(&pool->mutex);
-  }
+  run_on_pool(pool, threads, drain, &job);
   if (job.failed_env >= 0) memcpy(message, job.message, sizeof job.message);
   return job.failed_env;
+}
+
+/* ---- whole episodes with the policy in the loop (mjb_episodes) ---------------------------- */
+
+/* The inputs of mjb_episodes: int64 and pointers only (envs/native.py mirrors the layout). */
+typedef struct {
+  mj_fn step, post; /* post may be NULL */
+  set_error_fn set_tls_error;
+  get_error_fn get_tls_error;
+  int64_t num_envs, nu, nstep, horizon;
+  void *const *models, *const *datas; /* [B] */
+  double *const *ctrl;                /* [B] */
+  /* fields gathered after every step: src[f * B + i] -> dst[f] + (t * B + i) * size[f] */
+  int64_t num_fields;
+  void *const *src;
+  char *const *dst;
+  const int64_t *size;
+  /* the observation: segment s is float64 field seg_field[s], elements [seg_start[s],
+   * seg_start[s] + seg_count[s]), clipped to [seg_low[s], seg_high[s]], cast to float32 */
+  int64_t num_segments;
+  const int64_t *seg_field, *seg_start, *seg_count;
+  const double *seg_low, *seg_high;
+  /* what ends an episode after a step: a divergence warning counted (int32 [mjNWARNING, 2]
+   * stats in field warning_field, the counters warning_ids), a non-finite element in one of the
+   * float64 fields finite_field, or a failed health check: element check_index[c] of float64
+   * field check_field[c] outside low < v < high (low <= v <= high where check_inclusive[c]) */
+  int64_t warning_field, num_warnings;
+  const int64_t *warning_ids;
+  int64_t num_finite;
+  const int64_t *finite_field;
+  int64_t num_checks;
+  const int64_t *check_field, *check_index, *check_inclusive;
+  const double *check_low, *check_high;
+  /* the policy: an MLP layer_sizes[0] -> ... -> layer_sizes[num_layers] (= nu), ReLU (tanh if
+   * use_tanh) between layers; weight[l] [tasks, in, out] (transposed), bias[l] [tasks, out] */
+  int64_t num_layers;
+  const int64_t *layer_sizes;
+  const float *const *weight;
+  const float *const *bias;
+  int64_t use_tanh;
+  const float *std;       /* [tasks, nu] */
+  const int64_t *task_of; /* [B] the task (row of weight, bias, std) of every env */
+  const float *noise;     /* [T, B, nu] */
+  /* outputs */
+  float *actions;      /* [T, B, nu] */
+  int64_t *length;     /* [B] steps taken */
+  uint8_t *bad_action; /* [B] 1: the episode stopped at a non-finite action (not applied) */
+  int64_t block;
+} episodes_args_t;
+
+#define MJB_MAX_WARNINGS 16 /* divergence counters watched at most */
+
+typedef struct {
+  const episodes_args_t *args;
+  atomic_long next;
+  atomic_int failed;
+  int64_t failed_env, failed_kind; /* kind 1: MuJoCo fatal error; 3: out of memory */
+  char message[512];
+} episodes_job_t;
+
+/* One layer: y = act(x W + b), summed over the inputs in order (W transposed, [in, out]). */
+static void dense(const float *x, int64_t n_in, const float *w, const float *b, int64_t n_out,
+                  float *y, int activation, int use_tanh) {
+  for (int64_t o = 0; o < n_out; o++) y[o] = 0.0f;
+  for (int64_t k = 0; k < n_in; k++) {
+    const float xk = x[k], *row = w + k * n_out;
+    for (int64_t o = 0; o < n_out; o++) y[o] += row[o] * xk;
+  }
+  for (int64_t o = 0; o < n_out; o++) {
+    float v = y[o] + b[o];
+    if (activation) v = use_tanh ? tanhf(v) : (v < 0.0f ? 0.0f : v); /* NaN stays NaN */
+    y[o] = v;
+  }
+}
+
+/* The Gaussian mean of observation x for `task`, into `out`; buf holds 2 x the widest layer. */
+static void policy_mean(const episodes_args_t *a, int64_t task, const float *x, float *buf,
+                        int64_t width, float *out) {
+  const float *in = x;
+  for (int64_t l = 0; l < a->num_layers; l++) {
+    const int64_t n_in = a->layer_sizes[l], n_out = a->layer_sizes[l + 1];
+    const int last = l == a->num_layers - 1;
+    float *y = last ? out : buf + (l % 2) * width;
+    dense(in, n_in, a->weight[l] + task * n_in * n_out, a->bias[l] + task * n_out, n_out, y,
+          !last, (int)a->use_tanh);
+    in = y;
+  }
+}
+
+static int episode_over(const episodes_args_t *a, int64_t i, const int32_t *before) {
+  const int64_t B = a->num_envs;
+  const int32_t *stats = a->src[a->warning_field * B + i];
+  for (int64_t k = 0; k < a->num_warnings; k++)
+    if (stats[2 * a->warning_ids[k] + 1] > before[k]) return 1;
+  for (int64_t f = 0; f < a->num_finite; f++) {
+    const int64_t field = a->finite_field[f];
+    const double *v = a->src[field * B + i];
+    for (int64_t k = 0; k < a->size[field] / (int64_t)sizeof(double); k++)
+      if (!isfinite(v[k])) return 1;
+  }
+  for (int64_t c = 0; c < a->num_checks; c++) {
+    const double v = ((const double *)a->src[a->check_field[c] * B + i])[a->check_index[c]];
+    const double lo = a->check_low[c], hi = a->check_high[c];
+    const int healthy = a->check_inclusive[c] ? (lo <= v && v <= hi) : (lo < v && v < hi);
+    if (!healthy) return 1;
+  }
+  return 0;
+}
+
+/* Env i's episode: 0 when fine, 1 after a MuJoCo fatal error. A non-finite action ends it
+ * before the action is applied (bad_action[i]; Python decides whether it counts: see
+ * MujocoBatchEnv.run_episodes). */
+static int run_episode(episodes_job_t *job, int64_t i, float *x, float *buf, int64_t width,
+                       float *mean) {
+  const episodes_args_t *a = job->args;
+  const int64_t B = a->num_envs, nu = a->nu, task = a->task_of[i];
+  void *m = a->models[i], *d = a->datas[i];
+  const int32_t *stats = a->src[a->warning_field * B + i];
+  int32_t before[MJB_MAX_WARNINGS];
+  jmp_buf here;
+  tls_jump = &here;
+  if (setjmp(here)) return 1;
+  a->length[i] = 0;
+  a->bad_action[i] = 0;
+  for (int64_t t = 0; t < a->horizon; t++) {
+    int64_t n = 0;
+    for (int64_t s = 0; s < a->num_segments; s++) {
+      const double *v = (const double *)a->src[a->seg_field[s] * B + i] + a->seg_start[s];
+      const double lo = a->seg_low[s], hi = a->seg_high[s];
+      for (int64_t k = 0; k < a->seg_count[s]; k++) /* as np.clip: NaN stays NaN */
+        x[n++] = (float)(v[k] < lo ? lo : (v[k] > hi ? hi : v[k]));
+    }
+    policy_mean(a, task, x, buf, width, mean);
+    const float *noise = a->noise + (t * B + i) * nu, *std = a->std + task * nu;
+    float *action = a->actions + (t * B + i) * nu;
+    double *ctrl = a->ctrl[i];
+    int finite = 1;
+    for (int64_t k = 0; k < nu; k++) {
+      const float scaled = std[k] * noise[k]; /* as torch: mean + (std * noise), unfused */
+      action[k] = mean[k] + scaled;
+      finite &= isfinite(action[k]) != 0;
+    }
+    if (!finite) {
+      a->bad_action[i] = 1;
+      return 0;
+    }
+    for (int64_t k = 0; k < nu; k++) ctrl[k] = (double)action[k];
+    for (int64_t k = 0; k < a->num_warnings; k++) before[k] = stats[2 * a->warning_ids[k] + 1];
+    for (int64_t k = 0; k < a->nstep; k++) a->step(m, d);
+    if (a->post) a->post(m, d);
+    for (int64_t f = 0; f < a->num_fields; f++)
+      memcpy(a->dst[f] + (t * B + i) * a->size[f], a->src[f * B + i], (size_t)a->size[f]);
+    a->length[i] = t + 1;
+    if (episode_over(a, i, before)) break;
+  }
+  return 0;
+}
+
+static void drain_episodes(void *arg) {
+  episodes_job_t *job = arg;
+  const episodes_args_t *a = job->args;
+  int64_t width = 1, obs = 0;
+  for (int64_t l = 0; l <= a->num_layers; l++)
+    if (a->layer_sizes[l] > width) width = a->layer_sizes[l];
+  for (int64_t s = 0; s < a->num_segments; s++) obs += a->seg_count[s];
+  float *scratch = malloc((size_t)(obs + 3 * width) * sizeof(float));
+  if (!scratch) {
+    int expected = 0;
+    if (atomic_compare_exchange_strong(&job->failed, &expected, 1)) {
+      job->failed_env = 0;
+      job->failed_kind = 3;
+    }
+    return;
+  }
+  error_fn previous = a->get_tls_error();
+  a->set_tls_error(catch_error);
+  for (;;) {
+    int64_t start = atomic_fetch_add(&job->next, 1) * a->block;
+    if (start >= a->num_envs || atomic_load(&job->failed)) break;
+    int64_t end = start + a->block < a->num_envs ? start + a->block : a->num_envs;
+    for (int64_t i = start; i < end && !atomic_load(&job->failed); i++) {
+      int expected = 0;
+      if (run_episode(job, i, scratch, scratch + obs, width, scratch + obs + 2 * width) &&
+          atomic_compare_exchange_strong(&job->failed, &expected, 1)) {
+        job->failed_env = i;
+        job->failed_kind = 1;
+        memcpy(job->message, tls_message, sizeof job->message);
+      }
+    }
+  }
+  a->set_tls_error(previous);
+  free(scratch);
+}
+
+/* Run one episode in every env on `threads` threads, envs taken in blocks of args->block.
+ * Returns -1 when all ran, else the index of an env that failed; *kind is then 1 (a MuJoCo
+ * fatal error, its message copied into `message`, 512 bytes) or 3 (out of memory); 2 when
+ * more than MJB_MAX_WARNINGS warnings are watched (nothing run). After a failure the other
+ * envs may be anywhere in their episodes. */
+int64_t mjb_episodes(pool_t *pool, int threads, const episodes_args_t *args, int64_t *kind,
+                     char *message) {
+  episodes_job_t job = {.args = args, .failed_env = -1, .failed_kind = 0};
+  atomic_init(&job.next, 0);
+  atomic_init(&job.failed, 0);
+  *kind = 0;
+  if (args->num_warnings > MJB_MAX_WARNINGS) {
+    *kind = 2;
+    return 0;
+  }
+  run_on_pool(pool, threads, drain_episodes, &job);
+  *kind = job.failed_kind;
+  if (job.failed_env >= 0) memcpy(message, job.message, sizeof job.message);
+  return job.failed_env;
+}
+
+/* The most divergence counters mjb_episodes watches. */
+int64_t mjb_max_warnings(void) { return MJB_MAX_WARNINGS; }
+
+/* sizeof(episodes_args_t), and the offset of every field in order into `offsets` (room for
+ * `room`); returns the number of fields: envs/native.py checks its mirror of the layout. */
+int64_t mjb_episodes_args_layout(int64_t *offsets, int64_t room, int64_t *size) {
+#define MJB_FIELD(name) offsetof(episodes_args_t, name)
+  const int64_t all[] = {
+      MJB_FIELD(step), MJB_FIELD(post), MJB_FIELD(set_tls_error), MJB_FIELD(get_tls_error),
+      MJB_FIELD(num_envs), MJB_FIELD(nu), MJB_FIELD(nstep), MJB_FIELD(horizon),
+      MJB_FIELD(models), MJB_FIELD(datas), MJB_FIELD(ctrl), MJB_FIELD(num_fields),
+      MJB_FIELD(src), MJB_FIELD(dst), MJB_FIELD(size), MJB_FIELD(num_segments),
+      MJB_FIELD(seg_field), MJB_FIELD(seg_start), MJB_FIELD(seg_count), MJB_FIELD(seg_low),
+      MJB_FIELD(seg_high), MJB_FIELD(warning_field), MJB_FIELD(num_warnings),
+      MJB_FIELD(warning_ids), MJB_FIELD(num_finite), MJB_FIELD(finite_field),
+      MJB_FIELD(num_checks), MJB_FIELD(check_field), MJB_FIELD(check_index),
+      MJB_FIELD(check_inclusive), MJB_FIELD(check_low), MJB_FIELD(check_high),
+      MJB_FIELD(num_layers), MJB_FIELD(layer_sizes), MJB_FIELD(weight), MJB_FIELD(bias),
+      MJB_FIELD(use_tanh), MJB_FIELD(std), MJB_FIELD(task_of), MJB_FIELD(noise),
+      MJB_FIELD(actions), MJB_FIELD(length), MJB_FIELD(bad_action), MJB_FIELD(block)};
+#undef MJB_FIELD
+  const int64_t count = (int64_t)(sizeof all / sizeof all[0]);
+  for (int64_t k = 0; k < count && k < room; k++) offsets[k] = all[k];
+  *size = (int64_t)sizeof(episodes_args_t);
+  return count;
 }
 
 #ifndef MJBATCH_SOURCE_SHA256

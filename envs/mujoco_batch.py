@@ -30,6 +30,10 @@ How it steps:
       block until none is left. MuJoCo releases the GIL inside ``mj_step``, but the control
       write, the calls and the copies of every env hold it.
 
+    The native loop also runs whole episodes with the policy inside (:meth:`run_episodes`,
+    ``run.sampler=native``): each env from its first step to its last on one thread; the
+    outcomes are then computed from the gathered states by the same code as :meth:`step`.
+
     Both cut only the running envs into blocks, taken in turn by the threads; batches with
     fewer than ``min_envs_per_thread`` running envs per thread use fewer threads. Envs whose
     episodes ended are skipped, so the families that terminate (Ant, Hopper, Walker) spend much
@@ -95,6 +99,9 @@ THREAD_PREFIX = "mujoco-batch"
 #: Blocks per thread of one step, taken in turn by whichever thread is free: small enough to
 #: balance uneven envs (contacts), large enough that taking one costs nothing.
 BLOCKS_PER_THREAD = 4
+#: Fewest envs per block of ``run_episodes`` (whole episodes): blocks that few keep two threads
+#: from writing neighbouring rows of the gathered arrays at the same steps.
+EPISODE_BLOCK = 4
 #: Fewest running envs per thread worth waking a thread for (see the class docstring); smaller
 #: batches are stepped on the calling thread.
 MIN_ENVS_PER_THREAD = 2
@@ -196,9 +203,30 @@ class _Robot:
 
     def terminated(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
         """``[B]`` bool: unhealthy and the env terminates when unhealthy."""
-        if not getattr(self.proto, "_terminate_when_unhealthy", False):
+        if not self.terminates:
             return np.zeros(len(qpos), dtype=bool)
         return ~self.healthy(qpos, qvel)
+
+    @property
+    def terminates(self) -> bool:
+        return bool(getattr(self.proto, "_terminate_when_unhealthy", False))
+
+    @property
+    def nq(self) -> int:
+        return int(self.proto.model.nq)
+
+    @property
+    def nv(self) -> int:
+        return int(self.proto.model.nv)
+
+    def segments(self) -> list[envs_native.Segment]:
+        """:meth:`observe` for the native loop: the same parts, in the same order."""
+        raise NotImplementedError
+
+    def checks(self) -> list[envs_native.Check]:
+        """:meth:`terminated` for the native loop, whose finite checks cover the rest (none
+        where the env does not terminate)."""
+        return []
 
 
 def _ctrl_sq(actions: np.ndarray) -> np.ndarray:
@@ -209,6 +237,10 @@ def _ctrl_sq(actions: np.ndarray) -> np.ndarray:
 class _Cheetah(_Robot):
     def observe(self, qpos, qvel, cfrc):
         return np.concatenate((qpos[:, 1:], qvel), axis=1)
+
+    def segments(self):
+        return [envs_native.Segment("qpos", 1, self.nq - 1),
+                envs_native.Segment("qvel", 0, self.nv)]
 
     def reward(self, task_term, actions, cfrc):
         return task_term - half_cheetah.CTRL_COST_WEIGHT * _ctrl_sq(actions)
@@ -230,6 +262,17 @@ class _Ant(_Robot):
     def observe(self, qpos, qvel, cfrc):
         forces = self.contact_forces(cfrc)[:, 1:].reshape(len(qpos), -1)
         return np.concatenate((qpos[:, 2:], qvel, forces), axis=1)
+
+    def segments(self):
+        nbody = int(self.proto.model.nbody)
+        return [envs_native.Segment("qpos", 2, self.nq - 2),
+                envs_native.Segment("qvel", 0, self.nv),
+                envs_native.Segment("cfrc", 6, 6 * (nbody - 1), self.low, self.high)]
+
+    def checks(self):
+        if not self.terminates:
+            return []
+        return [envs_native.Check("qpos", 2, self.min_z, self.max_z, inclusive=True)]
 
     def reward(self, task_term, actions, cfrc):
         ctrl_cost = ant.CTRL_COST_WEIGHT * _ctrl_sq(actions)
@@ -254,6 +297,16 @@ class _Planar(_Robot):
     def observe(self, qpos, qvel, cfrc):
         return np.concatenate((qpos[:, 1:], np.clip(qvel, -10, 10)), axis=1)
 
+    def segments(self):
+        return [envs_native.Segment("qpos", 1, self.nq - 1),
+                envs_native.Segment("qvel", 0, self.nv, -10.0, 10.0)]
+
+    def checks(self):
+        if not self.terminates:
+            return []
+        return [envs_native.Check("qpos", 1, self.min_z, self.max_z),
+                envs_native.Check("qpos", 2, self.min_angle, self.max_angle)]
+
     def reward(self, task_term, actions, cfrc):
         ctrl_cost = rand_params.CTRL_COST_WEIGHT * _ctrl_sq(actions)
         return task_term + rand_params.ALIVE_BONUS - ctrl_cost
@@ -273,6 +326,13 @@ class _Hopper(_Planar):
         state = np.concatenate((qpos, qvel), axis=1)[:, 2:]
         in_range = np.all((self.min_state < state) & (state < self.max_state), axis=1)
         return in_range & super().healthy(qpos, qvel)
+
+    def checks(self):
+        if not self.terminates:
+            return []
+        state = [("qpos", k) for k in range(2, self.nq)] + [("qvel", k) for k in range(self.nv)]
+        return super().checks() + [envs_native.Check(field, k, self.min_state, self.max_state)
+                                   for field, k in state]
 
 
 def _robot(proto: Any) -> _Robot:
@@ -465,13 +525,34 @@ class MujocoBatchEnv:
             raise
         self._t += 1
         position = self._positions(state)
+        obs, rew, terminated, truncated, unstable = self._outcome(
+            state, position, acts, self._position, self._warnings, self._t)
+        frozen = ~running
+        obs[frozen], rew[frozen] = 0.0, 0.0
+        terminated[frozen] = truncated[frozen] = unstable[frozen] = False
+        self._running = running & ~(terminated | truncated)
+        self._warnings, self._position = state.warnings, position
+        return _to_step(obs, rew, terminated, truncated, unstable, self.device)
+
+    def _outcome(self, state: "_State", position: np.ndarray, acts: np.ndarray,
+                 last_position: np.ndarray, last_warnings: np.ndarray,
+                 steps_done: int | np.ndarray) -> tuple[np.ndarray, ...]:
+        """Observations, rewards, terminated, truncated, unstable of the rows of ``state``.
+
+        Row-wise, for any number of rows ``R`` (one step of the batch, or many steps at once):
+        ``position [R, 2]`` after and ``last_position`` before the step, the warning counters
+        before it, and the steps done including it (a scalar, or ``[R]``) for the horizon.
+        Frozen rows are not treated here.
+        """
         with np.errstate(all="ignore"):  # frozen or diverged rows may hold anything
-            velocity = (position - self._position) / self._dt
-            term = self._task_term(velocity, position, self._params)
+            velocity = (position - last_position) / self._dt
+            params = self._params if len(state.qpos) == self.num_envs else np.tile(
+                self._params, (len(state.qpos) // self.num_envs, 1))
+            term = self._task_term(velocity, position, params)
             rew = self._robot.reward(term, acts, state.cfrc)
             obs = self._robot.observe(state.qpos, state.qvel, state.cfrc)
             terminated = self._robot.terminated(state.qpos, state.qvel)
-        warned = (state.warnings > self._warnings).any(axis=1)
+        warned = (state.warnings > last_warnings).any(axis=1)
         unstable = (warned | ~np.isfinite(state.qpos).all(axis=1)
                     | ~np.isfinite(state.qvel).all(axis=1) | ~np.isfinite(obs).all(axis=1)
                     | ~np.isfinite(rew))
@@ -479,13 +560,92 @@ class MujocoBatchEnv:
             obs[unstable] = np.nan_to_num(obs[unstable], nan=0.0, posinf=0.0, neginf=0.0)
             rew[unstable] = 0.0
             terminated &= ~unstable
-        truncated = unstable | ((self._t >= self.horizon) & ~terminated)
+        truncated = unstable | ((steps_done >= self.horizon) & ~terminated)
+        return obs, rew, terminated, truncated, unstable
+
+    def run_episodes(self, policy: "envs_native.NativeMLP", task_of: np.ndarray,
+                     noise: np.ndarray) -> "EpisodeSteps":
+        """Run the episodes started by ``reset`` to their ends, the policy in the native loop.
+
+        Every environment steps from its first step to its last on one thread, acting
+        ``mean + std * noise`` with parameter set ``task_of[i]`` of ``policy``; what each step
+        returns is then computed from the gathered states exactly as :meth:`step` computes it
+        (so the environment is the same; only the policy's float32 arithmetic is C's, not
+        torch's). Afterwards every environment is frozen until the next ``reset``.
+
+        Args:
+            policy: the MLP and standard deviations, ``K`` parameter sets.
+            task_of: ``[B]`` ints in ``[0, K)``.
+            noise: float32 ``[horizon, B, A]`` standard normal noise.
+        Returns:
+            :class:`EpisodeSteps` ``[horizon, B, ...]``, as ``horizon`` calls of :meth:`step`
+            would have returned (zeros for frozen envs), with the actions taken.
+        Raises:
+            RuntimeError: the native loop is not in use (``native``), no ``reset`` since the
+                last episodes or a failed call, or MuJoCo failed stepping an environment.
+            ValueError: inputs of the wrong shape (nothing simulated), or a running
+                environment's action is not finite (as :meth:`step`).
+            After a ``RuntimeError`` or ``ValueError`` raised once the environments stepped,
+            they need a ``reset``.
+        """
+        self._check_open()
+        if self._stepper is None:
+            raise RuntimeError("run_episodes needs the native stepping loop (native=True): "
+                               f"{envs_native.unavailable_reason() or 'the Python loop is in use'}")
+        if self._failed or self._t != 0 or not self._running.all():
+            raise RuntimeError("run_episodes needs freshly reset environments: call reset() first")
+        threads = self._threads_for(self.num_envs)
+        end = envs_native.EpisodeEnd(("warning", self._views.warning_ids), ("qpos", "qvel"),
+                                     self._robot.checks())
+        try:
+            native = self._stepper.episodes(
+                threads, max(EPISODE_BLOCK, self.num_envs // (threads * 16)), self.horizon,
+                self._robot.segments(), end, policy, task_of, noise)
+        except (RuntimeError, MemoryError):  # stepped in part: reset first
+            self._failed = True
+            raise
+        self._running[:] = False  # whatever happens next, the episodes are over
+        self._t = self.horizon
+        try:
+            return self._episode_steps(native)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def _episode_steps(self, native: "envs_native.NativeEpisodes") -> "EpisodeSteps":
+        """What :meth:`step` would have returned at every step of the native loop's episodes,
+        from the gathered states ``[T, B, ...]`` (every step's rows at once)."""
+        B, T = self.num_envs, self.horizon
+        rows = lambda x: None if x is None else x.reshape(T * B, *x.shape[2:])  # noqa: E731
+        fields = native.fields
+        state = _State(rows(fields["qpos"]), rows(fields["qvel"]),
+                       self._views.warning_numbers(rows(fields["warning"])),
+                       rows(fields.get("xpos")), rows(fields.get("cfrc")))
+        position = self._positions(state)
+        last_position = np.concatenate((self._position, position[:-B]))
+        last_warnings = np.concatenate((self._warnings, state.warnings[:-B]))
+        steps_done = np.repeat(np.arange(1, T + 1), B)
+        with np.errstate(invalid="ignore"):  # a stopping non-finite action
+            acts = native.actions.reshape(T * B, -1).astype(np.float64)
+        outcome = self._outcome(state, position, acts, last_position, last_warnings,
+                                steps_done)
+        obs, rew, terminated, truncated, unstable = (x.reshape(T, B, *x.shape[1:])
+                                                     for x in outcome)
+        running = np.empty((T, B), dtype=bool)  # before each step
+        running[0] = True
+        for t in range(1, T):
+            running[t] = running[t - 1] & ~(terminated[t - 1] | truncated[t - 1])
+        _check_native_ends(running.sum(axis=0), native.length, native.bad_action)
         frozen = ~running
         obs[frozen], rew[frozen] = 0.0, 0.0
         terminated[frozen] = truncated[frozen] = unstable[frozen] = False
-        self._running = running & ~(terminated | truncated)
-        self._warnings, self._position = state.warnings, position
-        return _to_step(obs, rew, terminated, truncated, unstable, self.device)
+
+        def t(x: np.ndarray, dtype: torch.dtype) -> Tensor:
+            return torch.as_tensor(x, dtype=dtype, device=self.device)
+
+        return EpisodeSteps(t(native.actions, torch.float32), t(running, torch.bool),
+                            _to_step(obs, rew, terminated, truncated, unstable, self.device),
+                            t(native.length, torch.int64))
 
     def close(self) -> None:
         """Stop and join the stepping threads; the simulator cannot be used afterwards."""
@@ -531,7 +691,7 @@ class MujocoBatchEnv:
         """``[B, 2]``: what the velocity is measured on (x, 0) or the torso's (x, y)."""
         if state.xpos is not None:
             return state.xpos[:, :2].copy()
-        position = np.zeros((self.num_envs, 2))
+        position = np.zeros((len(state.qpos), 2))
         position[:, 0] = state.qpos[:, 0]
         return position
 
@@ -606,6 +766,48 @@ class MujocoBatchEnv:
                 raise RuntimeError(f"MuJoCo error stepping env {i}: {err}") from err
             if contacts:
                 post(models[i], datas[i])
+
+
+def _check_native_ends(steps: np.ndarray, length: np.ndarray, bad_action: np.ndarray) -> None:
+    """Raise where the native loop ended an episode before its outcomes end it.
+
+    Args:
+        steps: ``[B]`` steps of every episode, by the outcomes :meth:`MujocoBatchEnv.step`
+            computes; length: ``[B]`` steps the native loop took; bad_action: ``[B]``, the
+            loop stopped before applying a non-finite action.
+    Raises:
+        ValueError: an episode still running met a non-finite action (as ``step`` raises).
+        RuntimeError: the loop stopped an episode early for another reason (a bug: its
+            checks must imply the outcomes' end).
+    """
+    early = np.flatnonzero(steps > length)
+    if not len(early):
+        return
+    i = int(early[0])
+    if bad_action[i]:
+        raise ValueError(f"action of env {i} must be finite")
+    raise RuntimeError(f"the native loop ended env {i}'s episode after {length[i]} steps, "
+                       f"its outcomes say after {steps[i]}")
+
+
+@dataclass(frozen=True)
+class EpisodeSteps:
+    """What :meth:`MujocoBatchEnv.run_episodes` returns, every tensor ``[T, B, ...]``.
+
+    Attributes:
+        actions: float32 ``[T, B, A]``, the actions taken where ``running``; elsewhere zeros,
+            or what the native loop computed past an episode's end.
+        running: ``[T, B]``, whether the env ran step ``t`` (its episode not over before it).
+        steps: what every step returned, as :meth:`MujocoBatchEnv.step` returns it.
+        native_steps: ``[B]`` steps the native loop ran (at least ``running.sum(0)``: its
+            checks end an episode at the same step, or later where only the outcomes see the
+            end).
+    """
+
+    actions: Tensor
+    running: Tensor
+    steps: VectorStep
+    native_steps: Tensor
 
 
 @dataclass(frozen=True)

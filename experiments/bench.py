@@ -22,7 +22,11 @@ only the steps of running episodes):
   the loop, ``--envs`` environments (tasks x episodes) for one horizon, reset included, with
   its default stepping loop (``native_loop``: whether that is the C loop of
   :mod:`envs.native`); where it is, ``sampler_python_loop_sps`` measures the same with the
-  Python loop and ``python_loop_over_physics`` its ratio to the limit.
+  Python loop and ``python_loop_over_physics`` its ratio to the limit, and (on the CPU)
+  ``sampler_native_sps`` the same episodes with ``sampler="native"`` (whole episodes in the
+  native loop, the policy evaluated there; README, "Whole episodes in the native loop") and
+  ``native_sampler_over_physics`` its ratio. ``run.sampler=native`` as an override samples
+  the measured meta-iteration that way.
   ``sampler_cores_busy``: the process's CPU seconds per wall-clock second while the default
   loop sampled (``threads`` cores: ``threads`` minus it is idle capacity).
 * ``gym_sync_sps`` / ``gym_async_sps``: Gymnasium's ``SyncVectorEnv`` / ``AsyncVectorEnv``
@@ -244,9 +248,10 @@ def bench_policy(spec: FamilySpec, observation_space: gym.Space, action_space: g
 
 
 def sampler_sps(spec: FamilySpec, work: Workload, device: str,
-                native: bool | None = None) -> tuple[float, float]:
+                native: bool | None = None, sampler: str = "stepwise") -> tuple[float, float]:
     """Env steps/s of :func:`sample_episodes` on :class:`MujocoBatchEnv` (reset included);
-    ``native``: its stepping loop (``None``: the default, native where available).
+    ``native``: its stepping loop (``None``: the default, native where available);
+    ``sampler``: ``"stepwise"`` or ``"native"`` (whole episodes in the native loop).
 
     Also returns the cores it kept busy: this process's CPU seconds (user and system, all
     threads) per wall-clock second of the same span. On ``C`` cores, ``C`` minus it is the idle
@@ -261,7 +266,7 @@ def sampler_sps(spec: FamilySpec, work: Workload, device: str,
         _sync(device)
         start, cpu_start = time.perf_counter(), _cpu_seconds()
         episodes = sample_episodes(venv, policy, params, tasks, work.episodes_per_task,
-                                   seed=work.seed)
+                                   seed=work.seed, sampler=sampler)
         _sync(device)
         wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
         return episodes.env_steps / wall, cpu / wall
@@ -343,7 +348,8 @@ def iteration_split(preset: str, device: str, quick: bool, torch_threads: int | 
             start = time.perf_counter()
             batch, metrics = collect_meta_batch(
                 parts.venv, parts.policy, dict(parts.policy.named_parameters()), tasks,
-                parts.inner, cfg.maml.episodes_per_task, parts.advantages, seeds)
+                parts.inner, cfg.maml.episodes_per_task, parts.advantages, seeds,
+                cfg.run.sampler)
             _sync(device)
             update_start = time.perf_counter()
             parts.outer.step(batch)
@@ -443,8 +449,10 @@ def interleaved_throughput(spec: FamilySpec, work: Workload, device: str, thread
     between runs by more than the ratios differ.
 
     Returns the medians (``physics_limit_sps``, ``physics_limit_python_sps``, ``sampler_sps``,
-    ``sampler_python_loop_sps`` where the native loop is built, ``physics_batch_sps``), the
-    median of the per-round ratios (``sampler_over_physics``, ``sampler_over_physics_batch``),
+    ``sampler_python_loop_sps`` and, on the CPU, ``sampler_native_sps`` where the native loop is
+    built, ``physics_batch_sps``), the median of the per-round ratios (``sampler_over_physics``,
+    ``sampler_over_physics_batch``, ``python_loop_over_physics``,
+    ``native_sampler_over_physics``),
     the cores the sampler kept busy (``sampler_cores_busy``, see :func:`sampler_sps`) and every
     round's numbers (the same keys with ``_rounds``).
     """
@@ -462,6 +470,9 @@ def interleaved_throughput(spec: FamilySpec, work: Workload, device: str, thread
                "physics_limit_python_sps": lambda: physics_limit_python_sps(spec, work, threads)}
     if envs_native.library() is not None:  # the Python loop too, for comparison
         measure["sampler_python_loop_sps"] = lambda: sampler(False)
+        if torch.device(device).type == "cpu":  # and whole episodes in the native loop
+            measure["sampler_native_sps"] = lambda: sampler_sps(spec, work, device,
+                                                                sampler="native")[0]
     runs: dict[str, list[float]] = {key: [] for key in measure}
     for _ in range(rounds):
         for key, run in measure.items():
@@ -475,6 +486,9 @@ def interleaved_throughput(spec: FamilySpec, work: Workload, device: str, thread
     if "sampler_python_loop_sps" in runs:
         ratios["python_loop_over_physics"] = per_round("sampler_python_loop_sps",
                                                        "physics_limit_sps")
+    if "sampler_native_sps" in runs:
+        ratios["native_sampler_over_physics"] = per_round("sampler_native_sps",
+                                                          "physics_limit_sps")
     out: dict[str, Any] = {}
     for key, values in {**runs, **ratios, "sampler_cores_busy": busy}.items():
         out[key] = statistics.median(values)
@@ -496,11 +510,13 @@ def render(result: dict[str, Any]) -> str:
              f"{result['threads']} threads, {result['torch_threads']} torch threads, "
              f"{result['device']})"]
     for key in ("physics_limit_sps", "physics_limit_python_sps", "physics_batch_sps",
-                "sampler_sps", "sampler_python_loop_sps", "gym_sync_sps", "gym_async_sps",
+                "sampler_sps", "sampler_python_loop_sps", "sampler_native_sps", "gym_sync_sps",
+                "gym_async_sps",
                 "iteration_physics_batch_sps", "iteration_sampling_sps"):
         if key in result:
             lines.append(f"  {key:<28}{result[key]:>12,.0f} env steps/s")
     for key in ("sampler_over_physics", "python_loop_over_physics",
+                "native_sampler_over_physics",
                 "sampler_over_physics_batch", "sampler_over_best_gym",
                 "iteration_over_physics", "iteration_over_physics_batch",
                 "sampler_cores_busy"):

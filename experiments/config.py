@@ -30,6 +30,7 @@ DEVICES = ("cpu", "cuda")
 INNER_BATCHING = ("auto", "batched", "loop")
 INNER_OBJECTIVES = ("reinforce", "lvc")  # meta.maml.INNER_OBJECTIVES
 FISHER = ("exact", "first_order")
+SAMPLERS = ("stepwise", "native")  # meta.sampler.SAMPLERS
 _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no")
 
@@ -153,6 +154,11 @@ class RunConfig:
     (a task's episodes stay in one wave, even above the limit; meta.sampler.tasks_per_wave;
     README, "Sampling in waves"); 0: all envs at once. The episodes are the same either way;
     at the default, waves take less memory and, on HalfCheetah, less time."""
+    sampler: str = "stepwise"
+    """How training samples: stepwise (one torch policy forward and one simulator step per time
+    step) or native (MuJoCo families on the CPU: whole episodes in the simulator's native loop,
+    the policy's MLP evaluated there in float32; faster, not the stepwise episodes bit for bit;
+    README, "Whole episodes in the native loop"). Evaluation always samples stepwise."""
 
 
 @dataclass(frozen=True)
@@ -515,15 +521,21 @@ def _validate_choices(cfg: Config) -> None:
     _one_of("maml.inner_batching", cfg.maml.inner_batching, INNER_BATCHING)
     _one_of("maml.inner_objective", cfg.maml.inner_objective, INNER_OBJECTIVES)
     _one_of("outer.fisher", cfg.outer.fisher, FISHER)
+    _one_of("run.sampler", cfg.run.sampler, SAMPLERS)
 
 
 def _validate_family(cfg: Config) -> None:
     from envs.registry import UnknownFamilyError, family
 
     try:
-        family(cfg.env.family)
+        spec = family(cfg.env.family)
     except UnknownFamilyError as err:
         raise ConfigError(f"env.family: {err}") from None
+    if cfg.run.sampler == "native":
+        _require(spec.mujoco, f"run.sampler=native runs the MuJoCo families' simulator; "
+                              f"{spec.name} needs run.sampler=stepwise")
+        _require(cfg.run.device == "cpu", "run.sampler=native runs on the CPU; with "
+                                          "run.device=cuda use run.sampler=stepwise")
 
 
 def _validate_device(cfg: Config) -> None:

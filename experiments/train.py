@@ -95,7 +95,16 @@ def sampler_envs(cfg: cfglib.Config) -> int:
 
 def build(cfg: cfglib.Config) -> Components:
     spec = family(cfg.env.family)
-    venv = make_vector_env(spec.name, sampler_envs(cfg), cfg.run.device)
+    native = cfg.run.sampler == "native"  # it needs the batched simulator's native loop
+    venv = make_vector_env(spec.name, sampler_envs(cfg), cfg.run.device,
+                           backend="mujoco" if native else "auto")
+    if native and not getattr(venv, "native", False):
+        from envs import native as envs_native
+
+        venv.close()
+        raise cfglib.ConfigError(f"run.sampler=native needs the native stepping loop, which is "
+                                 f"unavailable: {envs_native.unavailable_reason()} (python -m "
+                                 f"envs.native; rebuild with pip install -e .)")
     policy = build_policy(cfg, venv.observation_space, venv.action_space)
     inner = inner_loop(cfg)
     o = cfg.outer
@@ -148,7 +157,8 @@ def train(cfg: cfglib.Config, run_dir: Path, resume: bool = False) -> dict[str, 
             try:
                 batch, metrics = collect_meta_batch(
                     parts.venv, parts.policy, dict(parts.policy.named_parameters()), tasks,
-                    parts.inner, cfg.maml.episodes_per_task, parts.advantages, seeds)
+                    parts.inner, cfg.maml.episodes_per_task, parts.advantages, seeds,
+                    cfg.run.sampler)
             except NumericalFault as err:  # nothing to learn from: skip the outer step
                 batch, fault = None, str(err)
                 metrics = {**faulty_metrics(parts.inner.num_steps), **err.metrics}

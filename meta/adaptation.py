@@ -69,13 +69,14 @@ def step_seeds(seed: int, iteration: int, count: int) -> list[int]:
 
 def collect_meta_batch(venv: TaskVectorEnv, policy: nn.Module, params: Mapping[str, Tensor],
                        tasks: Sequence, inner: InnerLoop, episodes_per_task: int,
-                       advantages: AdvantageSettings, seeds: Sequence[int]
-                       ) -> tuple[MetaBatch, dict[str, float]]:
+                       advantages: AdvantageSettings, seeds: Sequence[int],
+                       sampler: str = "stepwise") -> tuple[MetaBatch, dict[str, float]]:
     """Sample ``inner.num_steps + 1`` batches of episodes for ``tasks``, adapting in between.
 
     Args:
         params: the base parameters ``theta`` (not modified).
         seeds: ``inner.num_steps + 1`` seeds, one per sampling round.
+        sampler: how to sample (:data:`meta.sampler.SAMPLERS`, ``run.sampler``).
     Raises:
         NumericalFault: some episodes hold non-finite rewards or advantages.
     Returns:
@@ -93,7 +94,7 @@ def collect_meta_batch(venv: TaskVectorEnv, policy: nn.Module, params: Mapping[s
     for k, seed in enumerate(seeds):
         start = device_clock(venv.device)
         episodes = sample_episodes(venv, policy, current, tasks, episodes_per_task, seed,
-                                   per_task_params=per_task)
+                                   per_task_params=per_task, sampler=sampler)
         episodes = with_advantages(episodes, advantages.gamma, advantages.gae_lambda,
                                    advantages.bootstrap_truncated)
         metrics["seconds_sampling"] += device_clock(venv.device) - start

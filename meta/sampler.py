@@ -17,14 +17,24 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from agents.policies import batched_dist_params, dist_params
+from agents.policies import LOG_MIN_STD, GaussianMLPPolicy, batched_dist_params, dist_params
 from envs.vector import TaskVectorEnv
 from meta.episodes import Episodes
+
+if TYPE_CHECKING:
+    from envs.mujoco_batch import EpisodeSteps, MujocoBatchEnv
+    from envs.native import NativeMLP
+
+#: ``sample_episodes``'s ways of sampling (``run.sampler``): ``"stepwise"``, one batched torch
+#: forward and one batched simulator step per time step; ``"native"``, whole episodes in the
+#: MuJoCo simulator's native loop with the policy evaluated there (:func:`_sample_native`).
+SAMPLERS = ("stepwise", "native")
 
 
 @contextlib.contextmanager
@@ -93,6 +103,7 @@ def sample_episodes(
     episodes_per_task: int,
     seed: int,
     per_task_params: bool = False,
+    sampler: str = "stepwise",
 ) -> Episodes:
     """Run ``episodes_per_task`` episodes of every task, up to ``venv.horizon`` steps.
 
@@ -108,18 +119,30 @@ def sample_episodes(
             task dim ``[N, ...]`` (adapted parameters), else they are shared by all tasks.
         tasks: the ``N`` tasks; environment ``n * E + e`` runs task ``n``.
         seed: seeds both the simulators' resets and the action noise.
+        sampler: ``"stepwise"`` (default) or ``"native"``: whole episodes in the simulator's
+            native loop, the policy's MLP evaluated there in float32 (README, "Whole episodes
+            in the native loop"). The same environment, resets and noise; the policy's
+            arithmetic is C's instead of torch's, so the episodes are not the stepwise ones
+            bit for bit once a mean differs in its last bits. It needs a
+            :class:`MujocoBatchEnv` with the native loop on the CPU and a float32
+            :class:`GaussianMLPPolicy`.
     Returns:
         :class:`Episodes` with tensors ``[N, T, E, ...]`` on ``venv.device``, where ``T`` is
         the length of the longest episode.
     Raises:
         ValueError: the simulator's size fits neither one wave nor equal waves of whole tasks,
-            or waves with a policy that cannot draw its noise beforehand.
+            or waves with a policy that cannot draw its noise beforehand, or an unknown
+            ``sampler``, or ``"native"`` with what it cannot run.
     """
     n, e = len(tasks), episodes_per_task
     if venv.num_envs != n * e and (venv.num_envs % e or n % (venv.num_envs // e)):
         raise ValueError(f"the simulator holds {venv.num_envs} envs, need {n} tasks x {e} "
                          f"episodes, or a number of whole tasks x {e} episodes that divides "
                          f"the {n} tasks into equal waves")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; known: {SAMPLERS}")
+    if sampler == "native":
+        return _sample_native(venv, policy, params, tasks, e, seed, per_task_params)
     with _one_intra_op_thread(torch.device(venv.device)):
         if venv.num_envs == n * e:
             generator = torch.Generator(device=venv.device).manual_seed(seed)
@@ -232,6 +255,134 @@ def _pad_frozen(wave: _Wave, horizon: int, policy: nn.Module, params: Mapping[st
         wave.steps.append((obs_ne, actions, zeros, torch.zeros((n, e), dtype=torch.bool,
                                                                device=obs.device), dist))
         obs = torch.zeros_like(obs)
+
+
+def native_mlp(policy: nn.Module, params: Mapping[str, Tensor],
+               per_task_params: bool) -> "NativeMLP":
+    """``params`` of a :class:`GaussianMLPPolicy` as :class:`envs.native.NativeMLP` arrays.
+
+    Returns ``K`` parameter sets: one (shared) or one per task (``per_task_params``), with
+    the standard deviations ``exp(max(log_std, LOG_MIN_STD))`` as the policy computes them.
+    Raises:
+        ValueError: another policy, an MLP with other layers than ``Linear`` and one kind of
+            ``ReLU``/``Tanh`` between them, or parameters that are not float32 on the CPU.
+    """
+    from envs.native import NativeMLP
+
+    if type(policy) is not GaussianMLPPolicy:
+        raise ValueError(f"the native sampler runs a GaussianMLPPolicy, not "
+                         f"{type(policy).__name__}: use sampler='stepwise'")
+    layers = list(policy.mean)
+    linear = [i for i, m in enumerate(layers) if isinstance(m, nn.Linear)]
+    between = {type(m) for m in layers if not isinstance(m, nn.Linear)}
+    if (linear != list(range(0, len(layers), 2)) or not layers
+            or not isinstance(layers[-1], nn.Linear) or not between <= {nn.ReLU, nn.Tanh}
+            or len(between) > 1):
+        raise ValueError("the native sampler runs an MLP of Linear layers with ReLU or Tanh "
+                         "between them: use sampler='stepwise'")
+    for name, value in params.items():
+        if value.dtype != torch.float32 or value.device.type != "cpu":
+            raise ValueError(f"the native sampler runs float32 parameters on the CPU, got "
+                             f"{name} as {value.dtype} on {value.device}: use "
+                             f"sampler='stepwise'")
+
+    def sets(value: Tensor) -> np.ndarray:  # [K, ...]
+        value = value.detach()
+        return (value if per_task_params else value.unsqueeze(0)).numpy()
+
+    weights = [np.ascontiguousarray(sets(params[f"mean.{i}.weight"]).swapaxes(1, 2))
+               for i in linear]
+    biases = [np.ascontiguousarray(sets(params[f"mean.{i}.bias"])) for i in linear]
+    std = torch.exp(params["log_std"].detach().clamp(min=LOG_MIN_STD))
+    return NativeMLP(weights, biases, nn.Tanh in between, np.ascontiguousarray(sets(std)))
+
+
+@torch.no_grad()
+def _sample_native(venv: TaskVectorEnv, policy: nn.Module, params: Mapping[str, Tensor], tasks: Sequence,
+                   e: int, seed: int, per_task_params: bool) -> Episodes:
+    """:func:`sample_episodes` with ``sampler="native"``: every wave's episodes run to their
+    ends in the simulator's native loop (``MujocoBatchEnv.run_episodes``), then one torch
+    forward over all the observations gives the distributions and log-probabilities.
+
+    The noise is that of the stepwise sampler (the same ``[N, E, A]`` draw per step from one
+    generator); the recorded steps follow its conventions: an env that has ended observes its
+    last observation once, then zeros, with zero reward and mask; its actions there are the
+    torch policy's, from that noise.
+    """
+    if not hasattr(venv, "run_episodes") or not getattr(venv, "native", False):
+        raise ValueError("the native sampler needs a MujocoBatchEnv with the native loop "
+                         "(envs.native): use sampler='stepwise'")
+    if torch.device(venv.device).type != "cpu":
+        raise ValueError("the native sampler runs on the CPU: use sampler='stepwise' with "
+                         f"device {venv.device}")
+    mlp = native_mlp(policy, params, per_task_params)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.stack([policy.draw_noise((len(tasks), e, *venv.action_space.shape),
+                                           generator, torch.float32, "cpu")
+                         for _ in range(venv.horizon)])  # [T, N, E, A]
+    obs0, run = _native_waves(venv, mlp, tasks, e, seed, per_task_params, noise)
+    return _native_episodes(policy, params, per_task_params, obs0, run, noise)
+
+
+def _native_waves(venv: "MujocoBatchEnv", mlp: "NativeMLP", tasks: Sequence, e: int, seed: int,
+                  per_task_params: bool, noise: Tensor) -> tuple[Tensor, "EpisodeSteps"]:
+    """Run the tasks' episodes, ``venv.num_envs // e`` tasks at a time (waves).
+
+    Returns:
+        the observations after the resets ``[N * E, D]`` and the steps of every env
+        (``envs.mujoco_batch.EpisodeSteps``, ``[T, N * E, ...]``, the waves' envs joined).
+    """
+    from envs.mujoco_batch import EpisodeSteps
+    from envs.vector import VectorStep
+
+    n, k, horizon = len(tasks), venv.num_envs // e, venv.horizon
+    starts, waves = [], []
+    for first in range(0, n, k):
+        venv.set_tasks([task for task in tasks[first:first + k] for _ in range(e)])
+        starts.append(venv.reset(seed=seed, offset=first * e))
+        task_of = np.repeat(np.arange(first, first + k) if per_task_params
+                            else np.zeros(k, dtype=np.int64), e)
+        wave_noise = noise[:, first:first + k].reshape(horizon, k * e, -1).numpy()
+        waves.append(venv.run_episodes(mlp, task_of, wave_noise))
+    if len(waves) == 1:
+        return starts[0], waves[0]
+    join = lambda xs: torch.cat(xs, dim=1)  # noqa: E731  # along the envs
+    steps = VectorStep(*(join([getattr(w.steps, f) for w in waves])
+                         for f in ("observations", "rewards", "terminated", "truncated",
+                                   "unstable")))
+    return torch.cat(starts), EpisodeSteps(join([w.actions for w in waves]),
+                                           join([w.running for w in waves]), steps,
+                                           torch.cat([w.native_steps for w in waves]))
+
+
+def _native_episodes(policy: nn.Module, params: Mapping[str, Tensor], per_task_params: bool,
+                     obs0: Tensor, run: "EpisodeSteps", noise: Tensor) -> Episodes:
+    """:class:`Episodes` ``[N, T, E, ...]`` from the native loop's steps ``run`` ``[T, B, ...]``
+    (``B = N * E``), the observations after the resets ``obs0 [B, D]`` and the noise
+    ``[T, N, E, A]``, trimmed to the longest episode."""
+    n, e = noise.shape[1:3]
+    steps, running = run.steps, run.running
+    length = int(running.any(dim=1).sum())  # the longest episode
+    obs = torch.cat((obs0[None], steps.observations[:length - 1]))  # what each step saw
+
+    def nte(x: Tensor) -> Tensor:  # [T, B, ...] -> [N, T, E, ...], the first `length` steps
+        x = x[:length]
+        return x.reshape(length, n, e, *x.shape[2:]).transpose(0, 1)
+
+    obs_nte, mask = nte(obs), nte(running)
+    dist = (batched_dist_params(policy, params, obs_nte) if per_task_params
+            else dist_params(policy, params, obs_nte))
+    frozen_actions = policy.sample(dist, noise=noise[:length].transpose(0, 1))
+    actions = torch.where(mask[..., None], nte(run.actions), frozen_actions)
+    ended = running & (steps.terminated | steps.truncated)  # [T, B]: one step per env
+    last_obs = steps.observations[ended.float().argmax(dim=0), torch.arange(n * e)]
+    unstable = (running & steps.unstable).any(dim=0)
+    truncated = (running & steps.truncated).any(dim=0) & ~unstable
+    return Episodes(
+        observations=obs_nte, actions=actions, rewards=nte(steps.rewards) * mask.float(),
+        mask=mask.float(), log_probs=policy.log_prob(dist, actions),
+        last_observations=last_obs.reshape(n, e, -1), truncated=truncated.reshape(n, e),
+        unstable=unstable.reshape(n, e))
 
 
 def _episodes(policy: nn.Module, waves: list[_Wave]) -> Episodes:

@@ -51,6 +51,10 @@ def test_quick_json_run_reports_every_measurement(capsys):
         assert result["python_loop_over_physics_rounds"] == pytest.approx(
             [s / p for s, p in zip(result["sampler_python_loop_sps_rounds"],
                                    result["physics_limit_sps_rounds"])])
+        assert len(result["sampler_native_sps_rounds"]) == 3  # and the native sampler
+        assert result["native_sampler_over_physics_rounds"] == pytest.approx(
+            [s / p for s, p in zip(result["sampler_native_sps_rounds"],
+                                   result["physics_limit_sps_rounds"])])
 
 
 def test_iteration_only_measures_the_meta_iteration_with_overrides(capsys):

@@ -235,6 +235,10 @@ INVALID = [
     (["maml.inner_batching=fast"], "maml.inner_batching"),
     (["maml.inner_objective=dice"], "maml.inner_objective"),
     (["env.family=NoSuchFamily"], "NoSuchFamily"),
+    (["run.sampler=fast"], "run.sampler"),
+    (["run.sampler=native"], "run.sampler=native runs the MuJoCo families"),  # Navigation2D
+    (["env.family=HalfCheetahVel", "run.sampler=native", "run.device=cuda"],
+     "run.sampler=native runs on the CPU"),
 ]
 
 
@@ -259,6 +263,7 @@ VALID_EDGES = [
     ["policy.hidden_sizes=[]"],
     ["env.family=adaptbed/HalfCheetahVel-v0"],
     ["env.family=HalfCheetahVel"],
+    ["env.family=AntGoal", "run.sampler=native"],
 ]
 
 

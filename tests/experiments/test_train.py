@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from envs import native as envs_native
 from experiments import config as cfglib
 from experiments.presets import get_preset
 from experiments.rundir import load_checkpoint
@@ -570,3 +571,44 @@ def test_the_simulator_holds_one_wave_of_a_mujoco_meta_batch():
     nav = cfglib.apply_overrides(cfglib.Config(), ["run.max_wave_envs=64"])
     assert sampler_envs(nav) == nav.maml.meta_batch_size * nav.maml.episodes_per_task
     assert simulator_envs("HalfCheetahVel", 40, 20, 512, "cuda") == 800
+
+
+@pytest.mark.skipif(envs_native.library() is None,
+                    reason=f"native loop unavailable: {envs_native.unavailable_reason()}")
+def test_a_run_with_the_native_sampler_resumes_as_if_uninterrupted(tmp_path, monkeypatch):
+    """``run.sampler=native`` on halfcheetah-vel (4 tasks x 4 episodes) reaches the sampler,
+    is saved with the run, and samples deterministically: a resumed run repeats the
+    uninterrupted one's progress bit for bit."""
+    import meta.adaptation
+
+    used = []
+    real = meta.adaptation.sample_episodes
+
+    def spy(*args, **kwargs):
+        used.append(kwargs["sampler"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(meta.adaptation, "sample_episodes", spy)
+    extra = ["--preset", "halfcheetah-vel", "maml.meta_batch_size=4",
+             "maml.episodes_per_task=4", "policy.hidden_sizes=16,16", "run.sampler=native"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert run_main("--run-dir", str(whole), "--iterations", "3", *extra) == 0
+    assert used == ["native"] * 6  # 3 iterations, before and after adaptation
+    assert run_main("--run-dir", str(split), "--iterations", "2", *extra) == 0
+    resume(split, 3)
+    assert (split / "progress.csv").read_bytes() == (whole / "progress.csv").read_bytes()
+    assert json.loads((whole / "config.json").read_text())["config"]["run"]["sampler"] == "native"
+    assert used[-2:] == ["native"] * 2  # the resumed run kept the saved setting
+
+
+def test_the_native_sampler_without_the_native_loop_is_refused_with_the_reason(monkeypatch):
+    cfg = cfglib.apply_overrides(get_preset("halfcheetah-vel"),
+                                 ["maml.meta_batch_size=2", "run.sampler=native"])
+    monkeypatch.setenv("ADAPTBED_NATIVE", "0")
+    envs_native.library.cache_clear()
+    try:
+        with pytest.raises(cfglib.ConfigError, match="native stepping loop.*ADAPTBED_NATIVE=0"):
+            build(cfg)
+    finally:
+        monkeypatch.undo()
+        envs_native.library.cache_clear()
