@@ -99,8 +99,10 @@ THREAD_PREFIX = "mujoco-batch"
 #: Blocks per thread of one step, taken in turn by whichever thread is free: small enough to
 #: balance uneven envs (contacts), large enough that taking one costs nothing.
 BLOCKS_PER_THREAD = 4
-#: Fewest envs per block of ``run_episodes`` (whole episodes): blocks that few keep two threads
-#: from writing neighbouring rows of the gathered arrays at the same steps.
+#: Blocks of whole episodes per thread in ``run_episodes`` (more than for a step: episodes end
+#: at different steps), of at least ``EPISODE_BLOCK`` envs: two threads that run neighbouring
+#: envs at the same steps write neighbouring rows of the gathered arrays (shared cache lines).
+EPISODE_BLOCKS_PER_THREAD = 16
 EPISODE_BLOCK = 4
 #: Fewest running envs per thread worth waking a thread for (see the class docstring); smaller
 #: batches are stepped on the calling thread.
@@ -583,6 +585,7 @@ class MujocoBatchEnv:
         Raises:
             RuntimeError: the native loop is not in use (``native``), no ``reset`` since the
                 last episodes or a failed call, or MuJoCo failed stepping an environment.
+            MemoryError: the native loop could not allocate its scratch space.
             ValueError: inputs of the wrong shape (nothing simulated), or a running
                 environment's action is not finite (as :meth:`step`).
             After a ``RuntimeError`` or ``ValueError`` raised once the environments stepped,
@@ -597,10 +600,10 @@ class MujocoBatchEnv:
         threads = self._threads_for(self.num_envs)
         end = envs_native.EpisodeEnd(("warning", self._views.warning_ids), ("qpos", "qvel"),
                                      self._robot.checks())
+        block = max(EPISODE_BLOCK, self.num_envs // (threads * EPISODE_BLOCKS_PER_THREAD))
         try:
-            native = self._stepper.episodes(
-                threads, max(EPISODE_BLOCK, self.num_envs // (threads * 16)), self.horizon,
-                self._robot.segments(), end, policy, task_of, noise)
+            native = self._stepper.episodes(threads, block, self.horizon, self._robot.segments(),
+                                            end, policy, task_of, noise)
         except (RuntimeError, MemoryError):  # stepped in part: reset first
             self._failed = True
             raise
@@ -614,9 +617,11 @@ class MujocoBatchEnv:
 
     def _episode_steps(self, native: "envs_native.NativeEpisodes") -> "EpisodeSteps":
         """What :meth:`step` would have returned at every step of the native loop's episodes,
-        from the gathered states ``[T, B, ...]`` (every step's rows at once)."""
+        from the gathered states ``[T, B, ...]``: the rows of the first ``L`` steps at once,
+        ``L`` the longest episode the loop ran (all envs are frozen after it)."""
         B, T = self.num_envs, self.horizon
-        rows = lambda x: None if x is None else x.reshape(T * B, *x.shape[2:])  # noqa: E731
+        L = max(1, int(native.length.max()))
+        rows = lambda x: None if x is None else x[:L].reshape(L * B, *x.shape[2:])  # noqa: E731
         fields = native.fields
         state = _State(rows(fields["qpos"]), rows(fields["qvel"]),
                        self._views.warning_numbers(rows(fields["warning"])),
@@ -624,28 +629,33 @@ class MujocoBatchEnv:
         position = self._positions(state)
         last_position = np.concatenate((self._position, position[:-B]))
         last_warnings = np.concatenate((self._warnings, state.warnings[:-B]))
-        steps_done = np.repeat(np.arange(1, T + 1), B)
         with np.errstate(invalid="ignore"):  # a stopping non-finite action
-            acts = native.actions.reshape(T * B, -1).astype(np.float64)
+            acts = rows(native.actions).astype(np.float64)
         outcome = self._outcome(state, position, acts, last_position, last_warnings,
-                                steps_done)
-        obs, rew, terminated, truncated, unstable = (x.reshape(T, B, *x.shape[1:])
+                                np.repeat(np.arange(1, L + 1), B))
+        obs, rew, terminated, truncated, unstable = (x.reshape(L, B, *x.shape[1:])
                                                      for x in outcome)
-        running = np.empty((T, B), dtype=bool)  # before each step
+        running = np.zeros((T, B), dtype=bool)  # before each step
         running[0] = True
-        for t in range(1, T):
+        for t in range(1, L):
             running[t] = running[t - 1] & ~(terminated[t - 1] | truncated[t - 1])
-        _check_native_ends(running.sum(axis=0), native.length, native.bad_action)
-        frozen = ~running
+        after = running[L - 1] & ~(terminated[L - 1] | truncated[L - 1])  # not over after L
+        _check_native_ends(running.sum(axis=0) + after, native.length, native.bad_action)
+        frozen = ~running[:L]
         obs[frozen], rew[frozen] = 0.0, 0.0
         terminated[frozen] = truncated[frozen] = unstable[frozen] = False
 
-        def t(x: np.ndarray, dtype: torch.dtype) -> Tensor:
-            return torch.as_tensor(x, dtype=dtype, device=self.device)
+        def t(x: np.ndarray, dtype: torch.dtype) -> Tensor:  # [L, B, ...] -> [T, B, ...]
+            full = np.zeros((T, *x.shape[1:]), dtype=x.dtype)
+            full[:L] = x
+            return torch.as_tensor(full, dtype=dtype, device=self.device)
 
-        return EpisodeSteps(t(native.actions, torch.float32), t(running, torch.bool),
-                            _to_step(obs, rew, terminated, truncated, unstable, self.device),
-                            t(native.length, torch.int64))
+        step = VectorStep(t(obs, torch.float32), t(rew, torch.float32),
+                          t(terminated, torch.bool), t(truncated, torch.bool),
+                          t(unstable, torch.bool))
+        return EpisodeSteps(torch.as_tensor(native.actions, device=self.device),
+                            torch.as_tensor(running, device=self.device), step,
+                            torch.as_tensor(native.length, device=self.device))
 
     def close(self) -> None:
         """Stop and join the stepping threads; the simulator cannot be used afterwards."""

@@ -356,6 +356,8 @@ class Stepper:
         self._check_episode_spec(observation, end)
         index = {name: k for k, name in enumerate(self._names)}
         noise = np.ascontiguousarray(noise, dtype=np.float32)
+        if not np.issubdtype(np.asarray(task_of).dtype, np.integer):
+            raise ValueError(f"task_of must hold integers, got {np.asarray(task_of).dtype}")
         task_of = np.ascontiguousarray(task_of, dtype=np.int64)
         weights, biases, std = self._check_policy(policy, sum(seg.count for seg in observation))
         sets = std.shape[0]

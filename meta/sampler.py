@@ -298,8 +298,8 @@ def native_mlp(policy: nn.Module, params: Mapping[str, Tensor],
 
 
 @torch.no_grad()
-def _sample_native(venv: TaskVectorEnv, policy: nn.Module, params: Mapping[str, Tensor], tasks: Sequence,
-                   e: int, seed: int, per_task_params: bool) -> Episodes:
+def _sample_native(venv: TaskVectorEnv, policy: nn.Module, params: Mapping[str, Tensor],
+                   tasks: Sequence, e: int, seed: int, per_task_params: bool) -> Episodes:
     """:func:`sample_episodes` with ``sampler="native"``: every wave's episodes run to their
     ends in the simulator's native loop (``MujocoBatchEnv.run_episodes``), then one torch
     forward over all the observations gives the distributions and log-probabilities.

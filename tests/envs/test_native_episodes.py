@@ -144,6 +144,8 @@ def test_run_episodes_needs_a_reset_the_native_loop_and_finite_actions():
             venv.run_episodes(mlp, zeros, noise[:, :3])
         with pytest.raises(ValueError, match="index the 1 parameter sets"):
             venv.run_episodes(mlp, zeros + 1, noise)
+        with pytest.raises(ValueError, match="task_of must hold integers"):
+            venv.run_episodes(mlp, zeros + 0.7, noise)
         for layer in ("mean.0.bias", "mean.4.bias"):  # a NaN in a hidden or the last layer
             venv.reset(seed=0)
             broken = {k: v.clone() for k, v in params.items()}
