@@ -557,8 +557,8 @@ def parser() -> Parser:
     p.add_argument("--torch-threads", type=int, default=1, metavar="N",
                    help="torch intra-op threads outside sampling: the Gymnasium runs, advantages, "
                         "adaptation and outer update (default 1; 0: torch's own default, as "
-                        "`adaptbed train` runs). The sampler's policy forwards always use one "
-                        "thread (meta/sampler.py)")
+                        "`adaptbed train` runs). The stepwise sampler's policy forwards always "
+                        "use one thread (meta/sampler.py)")
     p.add_argument("--envs", type=int, metavar="N",
                    help=f"environments of the throughput runs, a multiple of the episodes "
                         f"per task (default {FULL.num_envs} = {FULL.tasks} tasks x "
