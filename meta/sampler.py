@@ -163,8 +163,7 @@ def _run_waves(venv: TaskVectorEnv, policy: nn.Module, params: Mapping[str, Tens
     dtype = next(iter(params.values())).dtype
     generator = torch.Generator(device=venv.device).manual_seed(seed)
     # the draws one wave would make, one [N, E, A] per step, in the same order
-    noise = [policy.draw_noise((n, e, *venv.action_space.shape), generator, dtype, venv.device)
-             for _ in range(venv.horizon)]
+    noise = _step_noise(policy, venv, n, e, generator, dtype)
     parts = [slice(first, first + k) for first in range(0, n, k)]
 
     def params_of(part: slice) -> Mapping[str, Tensor]:
@@ -179,6 +178,13 @@ def _run_waves(venv: TaskVectorEnv, policy: nn.Module, params: Mapping[str, Tens
     for wave, part in zip(waves, parts):
         _pad_frozen(wave, horizon, policy, params_of(part), per_task_params, sampler(part))
     return _episodes(policy, waves)
+
+
+def _step_noise(policy: nn.Module, venv: TaskVectorEnv, n: int, e: int,
+                generator: torch.Generator, dtype: torch.dtype) -> list[Tensor]:
+    """The action noise one wave draws, one ``[N, E, A]`` per step of the horizon, in order."""
+    return [policy.draw_noise((n, e, *venv.action_space.shape), generator, dtype, venv.device)
+            for _ in range(venv.horizon)]
 
 
 @dataclass
@@ -317,9 +323,7 @@ def _sample_native(venv: TaskVectorEnv, policy: nn.Module, params: Mapping[str, 
                          f"device {venv.device}")
     mlp = native_mlp(policy, params, per_task_params)
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    noise = torch.stack([policy.draw_noise((len(tasks), e, *venv.action_space.shape),
-                                           generator, torch.float32, "cpu")
-                         for _ in range(venv.horizon)])  # [T, N, E, A]
+    noise = torch.stack(_step_noise(policy, venv, len(tasks), e, generator, torch.float32))
     obs0, run = _native_waves(venv, mlp, tasks, e, seed, per_task_params, noise)
     return _native_episodes(policy, params, per_task_params, obs0, run, noise)
 

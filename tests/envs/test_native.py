@@ -27,15 +27,6 @@ def reload_library():
     native.library.cache_clear()
 
 
-def chain_model(memory: str) -> mujoco.MjModel:
-    """A free body carrying a chain of 60 ball joints; with ``memory="300K"`` MjData fits but
-    the constraint solver overflows MuJoCo's stack once it falls on the plane."""
-    chain = '<body pos="0 0 .1"><joint type="ball"/><geom size=".05"/>' * 60 + "</body>" * 60
-    xml = (f'<mujoco><size memory="{memory}"/><worldbody><geom type="plane" size="5 5 .1"/>'
-           f'<body pos="0 0 3"><freejoint/><geom size=".05"/>{chain}</body></worldbody></mujoco>')
-    return mujoco.MjModel.from_xml_string(xml)
-
-
 @needs_native
 def test_loads_the_extension_that_pip_install_built(reload_library):
     lib = native.library()
@@ -81,8 +72,8 @@ def test_adaptbed_native_0_forces_the_python_loop(reload_library, monkeypatch):
 
 
 @needs_native
-def test_a_mujoco_fatal_error_raises_instead_of_ending_the_process():
-    model = chain_model("300K")
+def test_a_mujoco_fatal_error_raises_instead_of_ending_the_process(overflow_model):
+    model = overflow_model
     datas = [mujoco.MjData(model) for _ in range(3)]
     stepper = native.Stepper(native.library(), 2, [model] * 3, datas, [d.ctrl for d in datas],
                              {"qpos": [d.qpos for d in datas]}, nstep=1, contacts=False)

@@ -168,18 +168,8 @@ def test_run_episodes_needs_a_reset_the_native_loop_and_finite_actions():
         python_loop.close()
 
 
-def chain_model() -> mujoco.MjModel:
-    """A free body carrying a chain of 60 ball joints, whose constraint solver overflows
-    MuJoCo's 300K stack once it falls on the plane (as in tests/envs/test_native.py)."""
-    chain = '<body pos="0 0 .1"><joint type="ball"/><geom size=".05"/>' * 60 + "</body>" * 60
-    xml = ('<mujoco><size memory="300K"/><worldbody><geom type="plane" size="5 5 .1"/>'
-           f'<body pos="0 0 3"><freejoint/><geom size=".05"/>{chain}</body></worldbody>'
-           '</mujoco>')
-    return mujoco.MjModel.from_xml_string(xml)
-
-
-def test_a_mujoco_fatal_error_in_an_episode_raises_naming_the_env():
-    model = chain_model()
+def test_a_mujoco_fatal_error_in_an_episode_raises_naming_the_env(overflow_model):
+    model = overflow_model
     datas = [mujoco.MjData(model) for _ in range(3)]
     fields = {"qpos": [d.qpos for d in datas], "qvel": [d.qvel for d in datas],
               "warning": [_warning_stats(d) for d in datas]}
