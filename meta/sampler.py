@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from agents.policies import LOG_MIN_STD, GaussianMLPPolicy, batched_dist_params, dist_params
-from envs.vector import TaskVectorEnv
+from envs.vector import TaskVectorEnv, VectorStep
 from meta.episodes import Episodes
 
 if TYPE_CHECKING:
@@ -336,8 +336,7 @@ def _native_waves(venv: "MujocoBatchEnv", mlp: "NativeMLP", tasks: Sequence, e: 
         the observations after the resets ``[N * E, D]`` and the steps of every env
         (``envs.mujoco_batch.EpisodeSteps``, ``[T, N * E, ...]``, the waves' envs joined).
     """
-    from envs.mujoco_batch import EpisodeSteps
-    from envs.vector import VectorStep
+    from envs.mujoco_batch import EpisodeSteps  # imports MuJoCo: only when sampling natively
 
     n, k, horizon = len(tasks), venv.num_envs // e, venv.horizon
     starts, waves = [], []
